@@ -1,0 +1,75 @@
+"""The backend table. A backend is a lowering of the op list plus a small executor.
+
+Each entry is imported lazily: ``import cbert`` never needs mlx or wgpu, and asking for
+a backend whose package is missing raises :class:`cbert.errors.BackendUnavailable` with
+the command that installs it.
+
+A backend class has ``name``, ``dtypes``, ``__init__(dtype, device)``, ``describe()`` and
+``compile(graph, params) -> callable(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]``;
+optionally ``probe()`` (a classmethod returning a dict for ``cbert devices`` and for
+``backend="auto"``: at least ``{"available": bool, "accelerated": bool}``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import BackendUnavailable
+
+# name -> (module, class, pip extra that installs what it needs)
+BACKENDS = {
+    "numpy": ("cbert.backends.numpy_backend", "NumpyBackend", None),
+    "mlx": ("cbert.backends.mlx", "MLXBackend", "mlx"),
+    "wgpu": ("cbert.backends.wgpu", "WgpuBackend", "wgpu"),
+}
+
+# backend="auto" tries these in order and takes the first that runs on an accelerator;
+# the numpy reference when none does.
+AUTO_ORDER = ("mlx", "wgpu")
+
+
+def backend_class(name: str):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend={name!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    module, cls, extra = BACKENDS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        if isinstance(e, BackendUnavailable):
+            raise
+        hint = f'pip install "cbert[{extra}]"' if extra else "reinstall cbert"
+        raise BackendUnavailable(f"backend={name!r} is not available ({e}); install it with: {hint}") from None
+    return getattr(mod, cls)
+
+
+def probe(name: str) -> dict:
+    """What ``cbert devices`` prints for one backend; never raises."""
+    try:
+        cls = backend_class(name)
+    except (BackendUnavailable, ImportError) as e:
+        return {"available": False, "accelerated": False, "why": str(e)}
+    if hasattr(cls, "probe"):
+        try:
+            return cls.probe()
+        except Exception as e:  # a broken driver must not break `cbert devices`
+            return {"available": False, "accelerated": False, "why": f"{type(e).__name__}: {e}"}
+    return {"available": True, "accelerated": False}
+
+
+def auto_backend() -> str:
+    for name in AUTO_ORDER:
+        p = probe(name)
+        if p.get("available") and p.get("accelerated"):
+            return name
+    return "numpy"
+
+
+def get_backend(name: str = "auto", dtype: str = "float32", device: str | None = None):
+    if name == "auto":
+        name = auto_backend()
+    cls = backend_class(name)
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"unknown dtype={dtype!r}; choose float32, float16 or bfloat16")
+    if dtype not in cls.dtypes:
+        raise ValueError(f"backend={name!r} does not run dtype={dtype!r}; it runs {', '.join(cls.dtypes)}")
+    return cls(dtype=dtype, device=device)

@@ -1,0 +1,214 @@
+"""The numpy reference: one short function per op, the living definition of each.
+
+Every other backend is checked against these, op by op and end to end. Float32
+throughout; the GELU is the exact (erf) form to float32 precision; the attention mask is
+Hugging Face's additive one (the dtype's minimum, never -inf).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Op, fold_constants
+
+F32 = np.float32
+
+# erf(x) as a rational function of x, accurate to a few float32 ulp (max abs error ~4e-7
+# on any x), from Eigen's generic_fast_erf_float, which TensorFlow/XLA use too:
+# https://gitlab.com/libeigen/eigen/-/blob/master/Eigen/src/Core/MathFunctionsImpl.h
+# Every backend uses these same coefficients, so GELU agrees across them without a
+# transcendental function (slow on MLX CPU, missing in WGSL).
+ERF_CLAMP = 3.832506856900711
+ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+             -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+             -1.60960333262415e-02)
+ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+            -7.37332916720468e-03, -1.42647390514189e-02)
+
+# GELU over big activations runs in cache-sized chunks, in place: numpy's element-wise
+# passes are memory-bound on [B*S, 4H] arrays, about 4x faster when each chunk fits in L2.
+_CHUNK = 1 << 15
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, -ERF_CLAMP, ERF_CLAMP)
+    x2 = x * x
+    p = np.full_like(x, ERF_ALPHA[0])
+    for c in ERF_ALPHA[1:]:
+        p *= x2
+        p += F32(c)
+    q = np.full_like(x, ERF_BETA[0])
+    for c in ERF_BETA[1:]:
+        q *= x2
+        q += F32(c)
+    return x * p / q
+
+
+def _gelu_inplace(y: np.ndarray) -> None:
+    flat = y.reshape(-1)
+    for s in range(0, flat.size, _CHUNK):
+        x = flat[s : s + _CHUNK]
+        # 0.5 * x * (1 + erf(x / sqrt(2)))
+        e = erf(x * F32(0.7071067811865476))
+        e += F32(1.0)
+        e *= F32(0.5)
+        x *= e
+
+
+def _gelu_tanh_inplace(y: np.ndarray) -> None:
+    flat = y.reshape(-1)
+    for s in range(0, flat.size, _CHUNK):
+        x = flat[s : s + _CHUNK]
+        t = np.tanh(F32(0.7978845608028654) * (x + F32(0.044715) * x * x * x))
+        t += F32(1.0)
+        t *= F32(0.5)
+        x *= t
+
+
+def activation(y: np.ndarray, name: str) -> np.ndarray:
+    """Apply ``name`` in place where the array is ours to change; returns the result."""
+    if name == "none":
+        return y
+    if name == "gelu":
+        _gelu_inplace(y)
+    elif name == "gelu_tanh":
+        _gelu_tanh_inplace(y)
+    elif name == "relu":
+        np.maximum(y, F32(0), out=y)
+    elif name == "silu":
+        y *= F32(1) / (F32(1) + np.exp(-y))
+    elif name == "tanh":
+        np.tanh(y, out=y)
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return y
+
+
+def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    xc = x - mean
+    var = np.einsum("...i,...i->...", xc, xc)[..., None] / F32(x.shape[-1])
+    xc *= F32(1) / np.sqrt(var + F32(eps))
+    xc *= w
+    xc += b
+    return xc
+
+
+def embed(ln_w, ln_b, *tables_and_ids, eps):
+    x = None
+    for table, ids in zip(tables_and_ids[::2], tables_and_ids[1::2]):
+        g = np.take(table, ids, axis=0).astype(F32, copy=False)
+        x = g if x is None else x + g
+    return layernorm(x, ln_w, ln_b, eps)
+
+
+def mask_bias(attention_mask: np.ndarray) -> np.ndarray:
+    return np.where(attention_mask != 0, F32(0), np.finfo(F32).min).astype(F32)
+
+
+def linear(x, w, b, activation_name="none"):
+    y = x @ w.T
+    y += b
+    return activation(y, activation_name)
+
+
+def _split_heads(qkv: np.ndarray, heads: int):
+    B, S, H3 = qkv.shape
+    d = H3 // 3 // heads
+    # [B, S, 3, heads, d] -> three [B, heads, S, d] views
+    t = qkv.reshape(B, S, 3, heads, d).transpose(2, 0, 3, 1, 4)
+    return t[0], t[1], t[2], d
+
+
+def attn_probs(qkv, bias, heads):
+    q, k, _, d = _split_heads(qkv, heads)
+    scores = q @ k.transpose(0, 1, 3, 2)
+    scores *= F32(1.0 / np.sqrt(d))
+    scores += bias[:, None, None, :]
+    scores -= scores.max(-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(-1, keepdims=True)
+    return scores
+
+
+def attn_apply(probs, qkv, heads):
+    _, _, v, _ = _split_heads(qkv, heads)
+    ctx = probs @ v  # [B, heads, S, d]
+    B, _, S, d = ctx.shape
+    return np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(B, S, heads * d)
+
+
+def attention(qkv, bias, heads):
+    return attn_apply(attn_probs(qkv, bias, heads), qkv, heads)
+
+
+def add_ln(x, residual, w, b, eps):
+    y = x + residual
+    return layernorm(y, w, b, eps)
+
+
+def first_token(x):
+    return np.ascontiguousarray(x[:, 0])
+
+
+def concat(arrays, axis):
+    return np.concatenate([np.asarray(a, dtype=F32) for a in arrays], axis=axis)
+
+
+# The lowering table: op -> definition. Attrs arrive as keyword arguments.
+TABLE = {
+    Op.EMBED: embed,
+    Op.MASK_BIAS: mask_bias,
+    Op.LINEAR: lambda x, w, b, activation: linear(x, w, b, activation),
+    Op.ATTENTION: attention,
+    Op.ATTN_PROBS: attn_probs,
+    Op.ATTN_APPLY: attn_apply,
+    Op.ADD_LN: add_ln,
+    Op.LAYERNORM: layernorm,
+    Op.FIRST_TOKEN: first_token,
+    Op.CONCAT: lambda *arrays, axis: concat(arrays, axis),
+}
+
+
+def run_graph(graph: Graph, env: dict, table=TABLE) -> dict[str, np.ndarray]:
+    """Execute ``graph`` over ``env`` (params + inputs); values die after their last use."""
+    env = dict(env)  # our own copy: dropping a name here frees activations, never a param
+    last_use: dict[str, int] = {}
+    for idx, n in enumerate(graph.nodes):
+        for name in n.inputs:
+            last_use[name] = idx
+    keep = set(graph.outputs.values())
+    for idx, n in enumerate(graph.nodes):
+        env[n.output] = table[n.op](*(env[i] for i in n.inputs), **n.kwargs)
+        for name in n.inputs:
+            if last_use[name] == idx and name not in keep:
+                del env[name]
+    return {k: env[v] for k, v in graph.outputs.items()}
+
+
+class NumpyExecutable:
+    def __init__(self, graph: Graph, params: dict[str, np.ndarray]):
+        self.graph, self.params = fold_constants(graph, params, concat)
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_graph(self.graph, {**self.params, **inputs})
+
+
+class NumpyBackend:
+    """The reference backend. float32 only."""
+
+    name = "numpy"
+    dtypes = ("float32",)
+
+    def __init__(self, dtype: str = "float32", device: str | None = None):
+        if dtype != "float32":
+            raise ValueError(f"backend='numpy' runs float32 only (the reference); got dtype={dtype!r}")
+        if device not in (None, "cpu"):
+            raise ValueError(f"backend='numpy' runs on the CPU; got device={device!r}")
+        self.dtype = dtype
+
+    def describe(self) -> str:
+        return "numpy (float32 reference, CPU)"
+
+    def compile(self, graph: Graph, params: dict[str, np.ndarray]) -> NumpyExecutable:
+        return NumpyExecutable(graph, params)

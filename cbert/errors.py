@@ -1,0 +1,17 @@
+"""Errors cbert raises for bad checkpoints, inputs and missing backends.
+
+Each is a ValueError (or ImportError) subclass so callers can catch the familiar type,
+and the CLI turns any of them into one line on stderr and exit status 2.
+"""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder, file, tensor or config that cannot be used; names the file."""
+
+
+class InputError(ValueError):
+    """Bad model inputs (ids, masks, shapes, lengths); names the argument and the value."""
+
+
+class BackendUnavailable(ImportError):
+    """A backend whose package is not installed or whose device cannot be opened."""

@@ -1,0 +1,279 @@
+"""The Python API: ``cbert.load`` and the ``Model`` it returns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .backends import get_backend
+from .backends.numpy_backend import NumpyExecutable
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import InputError
+from .graph import Heads, build_bert, mlm_head_nodes
+from .ir import Graph, Op, node
+from .tokenizer import Tokenizer
+
+MLM_MODES = ("auto", "in_graph", "host")
+POOLINGS = ("cls", "mean", "max")
+
+
+class ModelOutput(dict):
+    """Outputs by their Hugging Face names; read them as attributes or keys."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"this output has no {name!r}; it has {', '.join(self)}") from None
+
+    def to_tuple(self) -> tuple:
+        return tuple(self.values())
+
+
+def load(path: str | Path, backend: str = "auto", dtype: str = "float32", device: str | None = None,
+         mlm_mode: str = "auto") -> Model:
+    """Load a checkpoint folder (config.json, model.safetensors, tokenizer.json or vocab.txt)."""
+    if mlm_mode not in MLM_MODES:
+        raise ValueError(f"mlm_mode={mlm_mode!r}; choose one of {', '.join(MLM_MODES)}")
+    ckpt = load_checkpoint(path)
+    return Model(ckpt, get_backend(backend, dtype, device), mlm_mode)
+
+
+class Model:
+    def __init__(self, ckpt: Checkpoint, backend, mlm_mode: str = "auto"):
+        self.checkpoint = ckpt
+        self.config = ckpt.config
+        self.backend = backend
+        self.mlm_mode = mlm_mode
+        self._params = ckpt.params
+        self._compiled: dict[tuple, object] = {}
+        self._host: dict[str, NumpyExecutable] = {}
+        folder = ckpt.path
+        self._tokenizer: Tokenizer | None = None
+        self._tokenizer_folder = folder
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"cbert.Model({self.checkpoint.architecture}, {c.num_hidden_layers} layers x {c.hidden_size}, "
+                f"vocab {c.vocab_size}, backend={self.backend.describe()}, dtype={self.backend.dtype})")
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer.from_folder(
+                self._tokenizer_folder, self.config.max_position_embeddings, self.config.pad_token_id)
+        return self._tokenizer
+
+    # -- execution -------------------------------------------------------------------------
+
+    def _mlm_in_graph(self, batch: int, seq: int) -> bool:
+        if self.mlm_mode != "auto":
+            return self.mlm_mode == "in_graph"
+        rule = getattr(self.backend, "mlm_in_graph", None)
+        return True if rule is None else bool(rule(batch, seq))
+
+    def _executable(self, hidden: bool, attentions: bool, mlm_in_graph: bool):
+        key = (hidden, attentions, mlm_in_graph)
+        if key not in self._compiled:
+            heads = self.checkpoint.heads
+            if not mlm_in_graph:
+                heads = Heads(heads.pooler, False, heads.nsp, heads.tied_decoder, heads.mlm_output)
+            graph = build_bert(self.config, heads, hidden, attentions)
+            self._compiled[key] = self.backend.compile(graph, self._graph_params(graph))
+        return self._compiled[key]
+
+    def _graph_params(self, graph: Graph) -> dict[str, np.ndarray]:
+        return {name: self._params[name] for name in graph.params if name in self._params}
+
+    def _host_head(self, kind: str) -> NumpyExecutable:
+        """A head as a numpy post-process over the encoder's last_hidden_state."""
+        if kind not in self._host:
+            if kind == "mlm":
+                nodes = mlm_head_nodes(self.config, "last_hidden_state", "logits", self.checkpoint.loaded.tied_decoder)
+                outputs = {"logits": "logits"}
+            else:
+                nodes = [node(Op.FIRST_TOKEN, ["last_hidden_state"], "cls_token"),
+                         node(Op.LINEAR, ["cls_token", "pooler.dense.weight", "pooler.dense.bias"], "pooler_output",
+                              activation="tanh")]
+                outputs = {"pooler_output": "pooler_output"}
+            g = Graph(tuple(nodes), ("last_hidden_state",), outputs)
+            self._host[kind] = NumpyExecutable(g, self._graph_params(g))
+        return self._host[kind]
+
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        """Validate and default the inputs; returns the dict the graph reads."""
+        c = self.config
+        ids = _as_int_array(input_ids, "input_ids")
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2:
+            raise InputError(f"input_ids must be [batch, seq]; got shape {list(ids.shape)}")
+        B, S = ids.shape
+        if B == 0 or S == 0:
+            raise InputError(f"input_ids is empty (shape {list(ids.shape)}): nothing to run")
+        if S > c.max_position_embeddings:
+            raise InputError(
+                f"input_ids has seq length {S}, more than max_position_embeddings = {c.max_position_embeddings}")
+        _check_range(ids, 0, c.vocab_size, "input_ids", "vocab_size")
+        out = {"input_ids": ids}
+        for name, value, default, limit, limit_name in (
+            ("attention_mask", attention_mask, np.ones, 2, None),
+            ("token_type_ids", token_type_ids, np.zeros, c.type_vocab_size, "type_vocab_size"),
+        ):
+            if value is None:
+                out[name] = default((B, S), dtype=np.int64)
+                continue
+            a = _as_int_array(value, name)
+            if a.ndim == 1 and B == 1:
+                a = a[None]
+            if a.shape != ids.shape:
+                raise InputError(f"{name} has shape {list(a.shape)} but input_ids has {list(ids.shape)}")
+            _check_range(a, 0, limit, name, limit_name or "0/1 values")
+            out[name] = a
+        if position_ids is None:
+            out["position_ids"] = np.broadcast_to(np.arange(S, dtype=np.int64), (B, S))
+        else:
+            p = _as_int_array(position_ids, "position_ids")
+            if p.ndim == 1:
+                p = p[None]
+            if p.shape[-1] != S or p.shape[0] not in (1, B):
+                raise InputError(f"position_ids has shape {list(p.shape)} but input_ids has {list(ids.shape)}")
+            _check_range(p, 0, c.max_position_embeddings, "position_ids", "max_position_embeddings")
+            out["position_ids"] = np.broadcast_to(p, (B, S))
+        return out
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+        inputs = self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        heads = self.checkpoint.heads
+        B, S = inputs["input_ids"].shape
+        in_graph = self._mlm_in_graph(B, S) if heads.mlm else True
+        run = self._executable(output_hidden_states, output_attentions, in_graph)
+        raw = run(inputs)
+        if heads.mlm and not in_graph:
+            raw[heads.mlm_output] = self._host_head("mlm")({"last_hidden_state": raw["last_hidden_state"]})["logits"]
+        return self._package(raw)
+
+    __call__ = forward
+
+    def _package(self, raw: dict) -> ModelOutput:
+        out = ModelOutput()
+        order = ["last_hidden_state", "pooler_output", "logits", "prediction_logits", "seq_relationship_logits"]
+        for k in order:
+            if k in raw:
+                out[k] = _checked(raw[k], k, self.backend.name)
+        for group in ("hidden_states", "attentions"):
+            keys = sorted((k for k in raw if k.startswith(group + ".")), key=lambda k: int(k.split(".")[1]))
+            if keys:
+                out[group] = tuple(_checked(raw[k], k, self.backend.name) for k in keys)
+        return out
+
+    def pooler_output(self, hidden) -> np.ndarray:
+        """tanh(W h[:, 0] + b) over a last_hidden_state [batch, seq, hidden]."""
+        if not self.checkpoint.loaded.pooler:
+            raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no pooler (pooler.dense.*)")
+        return self._host_head("pooler")({"last_hidden_state": _as_hidden(hidden, self.config)})["pooler_output"]
+
+    def mlm_logits(self, hidden) -> np.ndarray:
+        """The masked-LM head over a last_hidden_state: [batch, seq, vocab]."""
+        if not self.checkpoint.loaded.mlm:
+            raise ValueError(
+                f"{self.checkpoint.weights_file}: this checkpoint has no masked-LM head (cls.predictions.*)")
+        return self._host_head("mlm")({"last_hidden_state": _as_hidden(hidden, self.config)})["logits"]
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def embed(self, texts, pooling: str = "mean", normalize: bool = False, batch_size: int = 32,
+              truncation: bool = False, progress: bool = False) -> np.ndarray:
+        """One vector per text: [n, hidden] float32."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}; expected a positive integer")
+        encs = self.tokenizer.encode(texts, truncation=truncation)
+        # Batch texts of similar length together so padding costs little; restore order after.
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+        result = np.empty((len(encs), self.config.hidden_size), dtype=np.float32)
+        n_batches = (len(encs) + batch_size - 1) // batch_size
+        for b in range(n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            batch = self.tokenizer.pad([encs[i] for i in idx])
+            hidden = self.forward(**batch).last_hidden_state
+            result[idx] = pool(hidden, batch["attention_mask"], pooling)
+            if progress:
+                print(f"\rembedding: batch {b + 1}/{n_batches}", end="", file=sys.stderr, flush=True)
+        if progress:
+            print(file=sys.stderr)
+        if normalize:
+            result /= np.maximum(np.linalg.norm(result, axis=1, keepdims=True), np.float32(1e-12))
+        return result
+
+    def fill_mask(self, text: str, top_k: int = 5) -> list:
+        """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
+        if not self.checkpoint.loaded.mlm:
+            raise ValueError(f"{self.checkpoint.weights_file}: fill-mask needs a masked-LM head (cls.predictions.*)")
+        tok = self.tokenizer
+        batch = tok([text])
+        ids = batch["input_ids"][0]
+        where = np.flatnonzero(ids == tok.mask_token_id)
+        if where.size == 0:
+            raise InputError(f"no {tok.mask_token} token in the text: {text!r}")
+        hidden = self.forward(**batch).last_hidden_state
+        logits = self.mlm_logits(hidden[:, where])[0]
+        results = []
+        for pos, row in zip(where, logits):
+            p = np.exp(row - row.max())
+            p /= p.sum()
+            top = np.argsort(-p, kind="stable")[:top_k]
+            cands = []
+            for t in top:
+                filled = ids.copy()
+                filled[pos] = t
+                cands.append({"score": float(p[t]), "token": int(t), "token_str": tok.decode([t]),
+                              "sequence": tok.decode(filled)})
+            results.append(cands)
+        return results[0] if len(results) == 1 else results
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
+    if pooling == "cls":
+        return hidden[:, 0]
+    m = mask[..., None].astype(np.float32)
+    if pooling == "mean":
+        return (hidden * m).sum(1) / np.maximum(m.sum(1), np.float32(1e-9))
+    return np.where(m > 0, hidden, np.float32(-1e9)).max(1)
+
+
+def _as_int_array(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_)):
+        raise InputError(f"{name} must hold integers; got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def _check_range(a: np.ndarray, lo: int, hi: int, name: str, what: str) -> None:
+    bad = np.argwhere((a < lo) | (a >= hi))
+    if bad.size:
+        where = tuple(int(i) for i in bad[0])
+        raise InputError(f"{name}{list(where)} = {int(a[where])} is outside [{lo}, {hi}) ({what})")
+
+
+def _as_hidden(hidden, cfg) -> np.ndarray:
+    h = np.asarray(hidden, dtype=np.float32)
+    if h.ndim == 2:
+        h = h[None]
+    if h.ndim != 3 or h.shape[-1] != cfg.hidden_size:
+        raise InputError(f"hidden must be [batch, seq, {cfg.hidden_size}]; got shape {list(h.shape)}")
+    return h
+
+
+def _checked(a, name: str, backend: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise FloatingPointError(f"backend={backend!r} produced NaN or infinite values in {name}")
+    return a

@@ -1,0 +1,144 @@
+"""WordPiece tokenization through Hugging Face ``tokenizers``, returning padded numpy batches.
+
+Casing follows ``tokenizer_config.json`` when present. When it is absent (as in
+Bio_ClinicalBERT's repository) the vocabulary decides: a cased vocabulary is not
+lowercased, and we say so, because Hugging Face's AutoTokenizer would silently lowercase
+it (clinicalBERT issue #26; ../shared/notes/CLINICAL.md).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from .errors import CheckpointError, InputError
+
+# A vocabulary with at least this many tokens that contain capitals was trained cased
+# (bert-base-cased's has ~11k such tokens; bert-base-uncased's has none).
+_CASED_MIN_CAPITALS = 200
+
+
+def vocab_is_cased(vocab_file: Path) -> tuple[bool, int]:
+    words = vocab_file.read_text(encoding="utf-8").splitlines()
+    capitals = sum(1 for w in words if not (w.startswith("[") and w.endswith("]")) and w != w.lower())
+    return capitals >= _CASED_MIN_CAPITALS, capitals
+
+
+def read_lowercase(folder: Path) -> tuple[bool | None, str]:
+    """``do_lower_case`` from tokenizer_config.json, or None when the file does not say."""
+    f = folder / "tokenizer_config.json"
+    if f.is_file():
+        try:
+            d = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+        if isinstance(d, dict) and "do_lower_case" in d:
+            return bool(d["do_lower_case"]), f"do_lower_case={d['do_lower_case']} in {f.name}"
+    return None, ""
+
+
+class Tokenizer:
+    """Callable like a Hugging Face tokenizer: ``tok(texts, text_pair=None)`` -> dict of int64 arrays."""
+
+    def __init__(self, tokenizer: HFTokenizer, max_length: int, casing: str, pad_id: int = 0):
+        self._tok = tokenizer
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.max_length = max_length
+        self.casing = casing
+        pad = tokenizer.token_to_id("[PAD]")
+        self.pad_token_id = pad if pad is not None else pad_id
+        self.mask_token = "[MASK]"
+        self.mask_token_id = tokenizer.token_to_id("[MASK]")
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, max_length: int, pad_id: int = 0) -> Tokenizer:
+        folder = Path(folder)
+        lowercase, said = read_lowercase(folder)
+        tj, vocab = folder / "tokenizer.json", folder / "vocab.txt"
+        if tj.is_file():
+            try:
+                tok = HFTokenizer.from_file(str(tj))
+            except Exception as e:
+                raise CheckpointError(f"{tj}: cannot be read by tokenizers ({e})") from None
+            norm = json.loads(tj.read_text(encoding="utf-8")).get("normalizer") or {}
+            lc = norm.get("lowercase")
+            casing = ("uncased" if lc else "cased") + f" (normalizer in {tj.name})"
+            return cls(tok, max_length, casing, pad_id)
+        if vocab.is_file():
+            if lowercase is None:
+                cased, capitals = vocab_is_cased(vocab)
+                lowercase = not cased
+                said = (f"no tokenizer_config.json; {vocab.name} has {capitals} tokens with capitals, "
+                        f"so it is treated as {'cased' if cased else 'uncased'}")
+                warnings.warn(f"{folder}: {said}", stacklevel=3)
+            tok = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)._tokenizer
+            return cls(tok, max_length, ("uncased" if lowercase else "cased") + f" ({said})", pad_id)
+        raise CheckpointError(f"{folder}: no tokenizer.json or vocab.txt")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        return [self._tok.id_to_token(int(i)) for i in ids]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def encode(self, texts, text_pair=None, truncation: bool = False, max_length: int | None = None):
+        """The raw ``tokenizers`` encodings (ids, offsets, word ids), length-checked."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise InputError("texts is empty: nothing to tokenize")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"texts[{i}] is a {type(t).__name__}, expected str")
+        limit = max_length or self.max_length
+        if text_pair is not None:
+            if isinstance(text_pair, str):
+                text_pair = [text_pair]
+            text_pair = list(text_pair)
+            if len(text_pair) != len(texts):
+                raise InputError(f"text_pair has {len(text_pair)} texts but texts has {len(texts)}")
+            batch = list(zip(texts, text_pair))
+        else:
+            batch = texts
+        if truncation:
+            self._tok.enable_truncation(limit)
+        try:
+            encs = self._tok.encode_batch(batch)
+        finally:
+            self._tok.no_truncation()
+        for i, e in enumerate(encs):
+            if len(e.ids) > limit:
+                raise InputError(
+                    f"texts[{i}] is {len(e.ids)} tokens long, more than the model's maximum of {limit} "
+                    "(max_position_embeddings); pass truncation=True to cut it (or split the note into windows)")
+        return encs
+
+    def __call__(self, texts, text_pair=None, truncation: bool = False, max_length: int | None = None):
+        encs = self.encode(texts, text_pair, truncation, max_length)
+        return self.pad(encs)
+
+    def pad(self, encs) -> dict[str, np.ndarray]:
+        n, s = len(encs), max(len(e.ids) for e in encs)
+        ids = np.full((n, s), self.pad_token_id, dtype=np.int64)
+        types = np.zeros((n, s), dtype=np.int64)
+        mask = np.zeros((n, s), dtype=np.int64)
+        for i, e in enumerate(encs):
+            k = len(e.ids)
+            ids[i, :k] = e.ids
+            types[i, :k] = e.type_ids
+            mask[i, :k] = 1
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
