@@ -67,6 +67,13 @@ class Model:
                 self._tokenizer_folder, self.config.max_position_embeddings, self.config.pad_token_id)
         return self._tokenizer
 
+    def stats(self) -> dict:
+        """What the backend did in the most recent forward (submits, dispatches, ...)."""
+        get = getattr(self.backend, "stats", None)
+        if get is None:
+            raise RuntimeError(f"backend={self.backend.name!r} keeps no execution statistics")
+        return get()
+
     # -- execution -------------------------------------------------------------------------
 
     def _mlm_in_graph(self, batch: int, seq: int) -> bool:

@@ -1,0 +1,123 @@
+"""Shared fixtures: random-weight checkpoints written by transformers, inputs, tolerances."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="cbert-xdg-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Checkpoint shapes the parity suite runs on: odd hidden sizes, head dims 13/16/32/64,
+# 1 to 4 layers, every head layout. name -> (transformers class, BertConfig kwargs).
+SHAPES = {
+    "odd13": ("BertModel", dict(hidden_size=52, num_attention_heads=4, num_hidden_layers=2, intermediate_size=37,
+                                vocab_size=101, max_position_embeddings=40)),
+    "head16_pretrain": ("BertForPreTraining", dict(hidden_size=48, num_attention_heads=3, num_hidden_layers=3,
+                                                   intermediate_size=96, vocab_size=97, max_position_embeddings=48)),
+    "head32_mlm": ("BertForMaskedLM", dict(hidden_size=64, num_attention_heads=2, num_hidden_layers=1,
+                                           intermediate_size=130, vocab_size=133, max_position_embeddings=64,
+                                           hidden_act="gelu_new")),
+    "head64_untied": ("BertForPreTraining", dict(hidden_size=128, num_attention_heads=2, num_hidden_layers=4,
+                                                 intermediate_size=200, vocab_size=211, max_position_embeddings=72,
+                                                 tie_word_embeddings=False, type_vocab_size=3)),
+}
+
+# (backend, dtype) pairs the parity suite runs: every backend cbert has, every dtype it runs.
+# Backends whose module exists are included whether or not their package is installed, so
+# a missing install is a failure, not a skip.
+BACKEND_DTYPES = [("numpy", "float32")]
+if importlib.util.find_spec("cbert.backends.mlx") is not None:
+    BACKEND_DTYPES += [("mlx", "float32"), ("mlx", "float16"), ("mlx", "bfloat16")]
+if importlib.util.find_spec("cbert.backends.wgpu") is not None:
+    BACKEND_DTYPES += [("wgpu", "float32"), ("wgpu", "float16")]
+
+FP32_TOL = 1e-4  # scaled max abs error: max|a - b| / max(1, max|b|)
+HALF_COSINE = 0.999
+
+
+def scaled_max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
+    return float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
+
+
+def assert_close(a, b, name: str, tol: float = FP32_TOL) -> None:
+    err = scaled_max_abs_error(a, b)
+    if err > tol:
+        a, b = np.asarray(a), np.asarray(b)
+        i = np.unravel_index(np.abs(a - b).argmax(), a.shape)
+        pytest.fail(f"{name}: scaled max abs error {err:.3g} > {tol:g}; worst at {i}: {a[i]} vs {b[i]}")
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest cosine over the last axis (per token / per row)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    num = (a * b).sum(-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return float((num / np.maximum(den, 1e-30)).min())
+
+
+def _write_checkpoint(folder: str, cls_name: str, kwargs: dict, seed: int = 0):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(**kwargs, attn_implementation="eager")
+    model = getattr(transformers, cls_name)(cfg).eval()
+    # Random init leaves LayerNorm at identity and biases at zero; perturb them so the
+    # test sees every parameter.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """name -> (folder, transformers model); written once per session, lazily."""
+    cache: dict[str, tuple[str, object]] = {}
+
+    def get(name: str):
+        if name not in cache:
+            cls_name, kwargs = SHAPES[name]
+            folder = str(tmp_path_factory.mktemp(name))
+            cache[name] = (folder, _write_checkpoint(folder, cls_name, kwargs))
+        return cache[name]
+
+    return get
+
+
+def make_inputs(cfg: dict, batch: int, seq: int, seed: int = 0, padding: str = "heavy", pair: bool = True):
+    """Random ids with heavy padding (a row with a single real token) and pair token types."""
+    rng = np.random.default_rng(seed)
+    vocab = cfg.get("vocab_size", 30522)
+    ids = rng.integers(1, vocab, size=(batch, seq), dtype=np.int64)
+    mask = np.ones((batch, seq), dtype=np.int64)
+    if padding == "heavy":
+        for b in range(1, batch):
+            keep = max(1, seq // (b + 1)) if b < batch - 1 else 1
+            mask[b, keep:] = 0
+    ids[mask == 0] = 0
+    types = np.zeros_like(ids)
+    if pair:
+        for b in range(batch):
+            n = int(mask[b].sum())
+            types[b, n // 2:n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def hf_forward(model, inputs: dict, **kw):
+    import torch
+
+    with torch.no_grad():
+        return model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, return_dict=True, **kw)
