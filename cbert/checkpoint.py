@@ -28,7 +28,11 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.fl
 PREFIXES = ("bert.",)
 
 # Tensors that are buffers or duplicates of tied weights, not parameters of their own.
-IGNORED = ("embeddings.position_ids", "cls.predictions.decoder.bias")
+IGNORED = ("embeddings.position_ids", "cls.predictions.decoder.bias", "cls.predictions.bias")
+
+# Hugging Face's MLM forward adds the decoder's own bias; it is tied to cls.predictions.bias
+# in released checkpoints, but a model saved untied keeps both and uses decoder.bias.
+PREFERRED = {"cls.predictions.bias": "cls.predictions.decoder.bias"}
 
 ARCHITECTURES = ("BertModel", "BertForPreTraining", "BertForMaskedLM")
 
@@ -170,6 +174,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if c in canon:
             raise CheckpointError(f"{weights_file}: tensor {c!r} is stored twice (as {canon[c]!r} and {raw!r})")
         canon[c] = raw
+    for name, better in PREFERRED.items():
+        if better in canon:
+            canon[name] = canon[better]
     heads, arch = detect_heads(cfg, set(canon), str(folder / "config.json"))
     # Every head whose tensors are present is loaded, even if the class does not output
     # it (model.mlm_logits() on a BertModel file that still has cls.*).

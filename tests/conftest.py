@@ -79,7 +79,26 @@ def _write_checkpoint(folder: str, cls_name: str, kwargs: dict, seed: int = 0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.save_pretrained(folder, safe_serialization=True)
+    write_vocab(folder, kwargs["vocab_size"])
     return model
+
+
+# Words a random checkpoint's vocabulary spells, so its tokenizer yields real pieces.
+WORDS = ("the patient was given for pain chest denies fever cough no and with of to in on at is "
+         "mg po iv bid daily history heart failure copd admitted discharged").split()
+
+
+def write_vocab(folder: str, size: int) -> None:
+    """A WordPiece vocab.txt of exactly ``size`` entries, specials first, and an uncased tokenizer_config."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = specials + list(WORDS) + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces += [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + list(".,;:/-")
+    pieces += [f"##{w}" for w in WORDS]
+    pieces += [f"[unused{i}]" for i in range(max(0, size - len(pieces)))]
+    with open(f"{folder}/vocab.txt", "w") as f:
+        f.write("\n".join(pieces[:size]) + "\n")
+    with open(f"{folder}/tokenizer_config.json", "w") as f:
+        f.write('{"do_lower_case": true, "model_max_length": 512}')
 
 
 @pytest.fixture(scope="session")

