@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ from .backends import get_backend
 from .backends.numpy_backend import NumpyExecutable
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import InputError
-from .graph import Heads, build_bert, mlm_head_nodes
-from .ir import Graph, Op, node
+from .graph import build_bert
+from .ir import Graph
 from .tokenizer import Tokenizer
 
 MLM_MODES = ("auto", "in_graph", "host")
@@ -50,7 +51,7 @@ class Model:
         self.mlm_mode = mlm_mode
         self._params = ckpt.params
         self._compiled: dict[tuple, object] = {}
-        self._host: dict[str, NumpyExecutable] = {}
+        self._host: dict[str, tuple[str, NumpyExecutable]] = {}
         folder = ckpt.path
         self._tokenizer: Tokenizer | None = None
         self._tokenizer_folder = folder
@@ -85,30 +86,32 @@ class Model:
     def _executable(self, hidden: bool, attentions: bool, mlm_in_graph: bool):
         key = (hidden, attentions, mlm_in_graph)
         if key not in self._compiled:
-            heads = self.checkpoint.heads
-            if not mlm_in_graph:
-                heads = Heads(heads.pooler, False, heads.nsp, heads.tied_decoder, heads.mlm_output)
-            graph = build_bert(self.config, heads, hidden, attentions)
+            graph = build_bert(self.config, self.checkpoint.heads, hidden, attentions)
+            if not mlm_in_graph:  # the MLM head runs on the host: cut it off the backend's graph
+                mlm = self.checkpoint.heads.mlm_output
+                graph = graph.select({k: v for k, v in graph.outputs.items() if k != mlm})
             self._compiled[key] = self.backend.compile(graph, self._graph_params(graph))
         return self._compiled[key]
 
     def _graph_params(self, graph: Graph) -> dict[str, np.ndarray]:
         return {name: self._params[name] for name in graph.params if name in self._params}
 
-    def _host_head(self, kind: str) -> NumpyExecutable:
-        """A head as a numpy post-process over the encoder's last_hidden_state."""
-        if kind not in self._host:
-            if kind == "mlm":
-                nodes = mlm_head_nodes(self.config, "last_hidden_state", "logits", self.checkpoint.loaded.tied_decoder)
-                outputs = {"logits": "logits"}
-            else:
-                nodes = [node(Op.FIRST_TOKEN, ["last_hidden_state"], "cls_token"),
-                         node(Op.LINEAR, ["cls_token", "pooler.dense.weight", "pooler.dense.bias"], "pooler_output",
-                              activation="tanh")]
-                outputs = {"pooler_output": "pooler_output"}
-            g = Graph(tuple(nodes), ("last_hidden_state",), outputs)
-            self._host[kind] = NumpyExecutable(g, self._graph_params(g))
-        return self._host[kind]
+    def _host_head(self, output: str) -> tuple[str, NumpyExecutable]:
+        """A head ("logits" or "pooler_output") as a numpy post-process over the last hidden state.
+
+        It is the same op list as the in-graph head, cut at the encoder's output, so both
+        placements give identical results.
+        """
+        if output not in self._host:
+            graph = build_bert(self.config, replace(self.checkpoint.loaded, mlm_output="logits"))
+            last = graph.outputs["last_hidden_state"]
+            head = graph.select({output: output}, inputs=[last])
+            self._host[output] = (last, NumpyExecutable(head, self._graph_params(head)))
+        return self._host[output]
+
+    def _run_host_head(self, output: str, hidden: np.ndarray) -> np.ndarray:
+        last, run = self._host_head(output)
+        return run({last: hidden})[output]
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
         """Validate and default the inputs; returns the dict the graph reads."""
@@ -161,7 +164,7 @@ class Model:
         run = self._executable(output_hidden_states, output_attentions, in_graph)
         raw = run(inputs)
         if heads.mlm and not in_graph:
-            raw[heads.mlm_output] = self._host_head("mlm")({"last_hidden_state": raw["last_hidden_state"]})["logits"]
+            raw[heads.mlm_output] = self._run_host_head("logits", raw["last_hidden_state"])
         return self._package(raw)
 
     __call__ = forward
@@ -182,14 +185,14 @@ class Model:
         """tanh(W h[:, 0] + b) over a last_hidden_state [batch, seq, hidden]."""
         if not self.checkpoint.loaded.pooler:
             raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no pooler (pooler.dense.*)")
-        return self._host_head("pooler")({"last_hidden_state": _as_hidden(hidden, self.config)})["pooler_output"]
+        return self._run_host_head("pooler_output", _as_hidden(hidden, self.config))
 
     def mlm_logits(self, hidden) -> np.ndarray:
         """The masked-LM head over a last_hidden_state: [batch, seq, vocab]."""
         if not self.checkpoint.loaded.mlm:
             raise ValueError(
                 f"{self.checkpoint.weights_file}: this checkpoint has no masked-LM head (cls.predictions.*)")
-        return self._host_head("mlm")({"last_hidden_state": _as_hidden(hidden, self.config)})["logits"]
+        return self._run_host_head("logits", _as_hidden(hidden, self.config))
 
     # -- tasks -----------------------------------------------------------------------------
 
