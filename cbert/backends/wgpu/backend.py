@@ -1,0 +1,76 @@
+"""The WebGPU backend class: device choice, dtype check, weight uploads and statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir import Graph
+from .device import gpu, warn_if_software
+from .executor import Concat, WgpuExecutable
+
+
+class WgpuBackend:
+    """WGSL kernels through wgpu-py on the best adapter (Vulkan, Metal or DX12 before GL)."""
+
+    name = "wgpu"
+    dtypes = ("float32", "float16")
+
+    def __init__(self, dtype: str = "float32", device: str | None = None):
+        if device not in (None, "gpu"):
+            raise ValueError(f"backend='wgpu' picks its adapter itself (see `cbert devices`); got device={device!r}")
+        if dtype not in self.dtypes:
+            raise ValueError(f"backend='wgpu' runs float32 or float16; got dtype={dtype!r}")
+        self.gpu = gpu()
+        info = self.gpu.info
+        if dtype == "float16" and not info["f16"]:
+            raise ValueError(f"backend='wgpu' dtype='float16' needs the shader-f16 feature, which the adapter "
+                             f"{info['adapter']} ({info['backend']}) does not have; use dtype='float32'")
+        self.dtype = dtype
+        self._uploads: dict[tuple, object] = {}
+        self._stats: dict = {}
+        warn_if_software(info)
+
+    @classmethod
+    def probe(cls) -> dict:
+        info = gpu().info
+        warn_if_software(info)
+        return {"available": True, "accelerated": not info["software"], "adapter": info["adapter"],
+                "backend": info["backend"], "type": info["type"], "driver": info["driver"], "f16": info["f16"],
+                "subgroups": info["subgroups"]}
+
+    def describe(self) -> str:
+        i = self.gpu.info
+        warn_if_software(i)
+        soft = ", software" if i["software"] else ""
+        return f"wgpu ({i['adapter']}, {i['backend']}, {i['type']}{soft}, {self.dtype})"
+
+    def compile(self, graph: Graph, params: dict) -> WgpuExecutable:
+        return WgpuExecutable(self, graph, params)
+
+    def stats(self) -> dict:
+        """What the most recent forward did: submits, dispatches, creations, bytes moved."""
+        if not self._stats:
+            raise RuntimeError("backend='wgpu' has run no forward yet")
+        return dict(self._stats)
+
+    def record(self, stats: dict) -> None:
+        self._stats = stats
+
+    def param_buffer(self, name: str, value):
+        """The device copy of a parameter, uploaded once per backend: every graph of a model shares it.
+
+        Matrices are stored in the compute dtype; vectors (biases, LayerNorm) stay f32, they are tiny.
+        """
+        key = _identity(name, value)
+        if key not in self._uploads:
+            array = value.materialise() if isinstance(value, Concat) else np.asarray(value)
+            dtype = np.float16 if self.dtype == "float16" and array.ndim >= 2 else np.float32
+            self._uploads[key] = self.gpu.upload(array.astype(dtype, copy=False), name)
+        return self._uploads[key]
+
+
+def _identity(name: str, value) -> tuple:
+    if isinstance(value, Concat):
+        return ("concat", value.axis, *(_identity(name, a) for a in value.arrays))
+    a = np.asarray(value)
+    return (name, a.__array_interface__["data"][0], a.shape, a.strides)

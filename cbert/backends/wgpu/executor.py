@@ -1,0 +1,189 @@
+"""The compiled forward: weights on the device, buffers per shape class, one submit per call.
+
+At compile: parameters are uploaded (once per backend, shared by every graph of a model)
+and every pipeline the graph needs is compiled. Per shape class (batch and seq rounded up
+to powers of two): activation slots planned by lifetime, an inputs buffer, a uniform
+buffer and a persistent MAP_READ buffer, all created once. Per exact (batch, seq): the
+dispatch list with its bind groups and uniform bytes, built once. A forward then writes
+the inputs (and the uniforms when the shape changed), records one compute pass and the
+copies of the requested outputs, submits once and maps the read-back buffer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+import wgpu
+
+from ...ir import Graph, fold_constants
+from .kernels import Lowering
+from .planner import assign_slots, infer_shapes, nbytes_of, value_itemsize
+
+_PARAMS_BYTES = 64  # every kernel's Params struct fits 16 u32
+
+
+class Concat:
+    """A CONCAT folded at load, kept lazy so the backend can cache its upload by its parts."""
+
+    def __init__(self, arrays, axis):
+        self.arrays, self.axis = list(arrays), axis
+        self.shape = np.broadcast_shapes(*(a.shape[:axis] for a in arrays)) + (
+            sum(a.shape[axis] for a in arrays),) + tuple(arrays[0].shape[axis + 1:])
+
+    def materialise(self) -> np.ndarray:
+        return np.concatenate([np.asarray(a, np.float32) for a in self.arrays], axis=self.axis)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+@dataclass
+class Arena:
+    """Buffers of one shape class, reused by every forward whose shape falls in it."""
+
+    slots: list
+    slot_of: dict
+    inputs: object
+    uniforms: object
+    readback: object
+    uniforms_for: tuple | None = None
+
+
+@dataclass
+class Plan:
+    arena: Arena
+    dispatches: list  # (pipeline, bind group, grid)
+    uniforms: bytes
+    copies: list  # (source buffer, destination offset, bytes)
+    outputs: dict  # user name -> (destination offset, shape)
+    read_bytes: int
+
+
+class WgpuExecutable:
+    def __init__(self, backend, graph: Graph, params: dict):
+        self.backend, self.gpu = backend, backend.gpu
+        self.graph, folded = fold_constants(graph, params, Concat)
+        self.itemsize = 2 if backend.dtype == "float16" else 4
+        self.np_dtype = np.float16 if backend.dtype == "float16" else np.float32
+        self.params = {name: backend.param_buffer(name, folded[name]) for name in self.graph.params}
+        self.param_shapes = {name: tuple(folded[name].shape) for name in self.graph.params}
+        limits = self.gpu.limits
+        self.lowering = Lowering(self.graph, self.param_shapes, self.itemsize, self.gpu.max_binding,
+                                 self.gpu.storage_align, int(limits["max-compute-workgroup-storage-size"]))
+        self.itemsizes = value_itemsize(self.graph, self.itemsize)
+        self.arenas: dict[tuple, Arena] = {}
+        self.plans: dict[tuple, Plan] = {}
+        self._ustride = -(-_PARAMS_BYTES // self.gpu.uniform_align) * self.gpu.uniform_align
+        # Warm-up: splitting only repeats kernels, so the smallest shape names every pipeline.
+        for d in self.lowering.lower(infer_shapes(self.graph, self.param_shapes, 1, 1), 1, 1):
+            self._pipeline(d.kernel)
+        # Drivers may finish compiling at first use (lavapipe JITs then): one 1x1 forward pays it at load.
+        ones = np.ones((1, 1), np.int64)
+        self({name: ones if name == "attention_mask" else ones * 0 for name in self.graph.inputs})
+
+    def _pipeline(self, k):
+        return self.gpu.pipeline(k.file, k.entry, self.backend.dtype, k.consts, k.overrides, k.bindings)
+
+    # -- per shape class and per shape -----------------------------------------------------
+
+    def _arena(self, batch: int, seq: int) -> tuple[tuple, Arena]:
+        key = (_pow2(batch), _pow2(seq))
+        if key not in self.arenas:
+            B, S = key
+            shapes = infer_shapes(self.graph, self.param_shapes, B, S)
+            nbytes = nbytes_of(shapes, self.itemsizes)
+            slot_of, sizes = assign_slots(self.graph, nbytes)
+            use = wgpu.BufferUsage
+            slots = [self.gpu.buffer(size, use.STORAGE | use.COPY_SRC, f"activation slot {i}")
+                     for i, size in enumerate(sizes)]
+            n_dispatch = len(self.lowering.lower(shapes, B, S))
+            arena = Arena(
+                slots=slots, slot_of=slot_of,
+                inputs=self.gpu.buffer(len(self.graph.inputs) * B * S * 4, use.STORAGE | use.COPY_DST, "inputs"),
+                uniforms=self.gpu.buffer(n_dispatch * self._ustride, use.UNIFORM | use.COPY_DST, "uniforms"),
+                readback=self.gpu.buffer(self._read_layout(shapes)[1], use.MAP_READ | use.COPY_DST, "read-back"))
+            self.arenas[key] = arena
+        return key, self.arenas[key]
+
+    def _read_layout(self, shapes: dict) -> tuple[dict, int]:
+        """Offset of each requested value in the read-back buffer (8-aligned, as mapping needs), and the total."""
+        offsets, total = {}, 0
+        for value in dict.fromkeys(self.graph.outputs.values()):
+            offsets[value] = total
+            total += -(-prod(shapes[value]) * self.itemsizes[value] // 8) * 8
+        return offsets, total
+
+    def _plan(self, batch: int, seq: int) -> Plan:
+        if (batch, seq) in self.plans:
+            return self.plans[(batch, seq)]
+        _, arena = self._arena(batch, seq)
+        shapes = infer_shapes(self.graph, self.param_shapes, batch, seq)
+        buffers = {"value": lambda n: arena.slots[arena.slot_of[n]], "param": self.params.__getitem__,
+                   "inputs": lambda _: arena.inputs}
+        dispatches, uniforms = [], bytearray()
+        for i, d in enumerate(self.lowering.lower(shapes, batch, seq)):
+            pipeline, layout = self._pipeline(d.kernel)
+            entries = [{"binding": 0, "resource": {"buffer": arena.uniforms, "offset": i * self._ustride,
+                                                   "size": _PARAMS_BYTES}}]
+            for binding, ((kind, name), offset, size) in sorted(d.views.items()):
+                entries.append({"binding": binding, "resource": {"buffer": buffers[kind](name), "offset": offset,
+                                                                 "size": size}})
+            dispatches.append((pipeline, self.gpu.bind_group(layout, entries), d.grid))
+            uniforms += np.array(d.params, np.uint32).tobytes().ljust(self._ustride, b"\0")
+        offsets, total = self._read_layout(shapes)
+        copies = [(arena.slots[arena.slot_of[v]], off, -(-prod(shapes[v]) * self.itemsizes[v] // 4) * 4)
+                  for v, off in offsets.items()]
+        outputs = {name: (offsets[v], shapes[v], self.itemsizes[v]) for name, v in self.graph.outputs.items()}
+        plan = Plan(arena, dispatches, bytes(uniforms), copies, outputs, total)
+        self.plans[(batch, seq)] = plan
+        return plan
+
+    # -- the forward -----------------------------------------------------------------------
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        gpu, t0 = self.gpu, time.perf_counter()
+        before = (gpu.buffers_created, gpu.pipelines_created, gpu.bind_groups_created)
+        batch, seq = np.shape(inputs["input_ids"])
+        plan = self._plan(batch, seq)
+        arena, queue = plan.arena, gpu.device.queue
+        uploaded = 0
+        if arena.uniforms_for != (batch, seq):  # another shape of the class ran last
+            queue.write_buffer(arena.uniforms, 0, plan.uniforms)
+            arena.uniforms_for, uploaded = (batch, seq), len(plan.uniforms)
+        packed = np.stack([np.broadcast_to(inputs[n], (batch, seq)) for n in self.graph.inputs]).astype(np.int32)
+        queue.write_buffer(arena.inputs, 0, packed)
+        uploaded += packed.nbytes
+        encoder = gpu.device.create_command_encoder()
+        cpass = encoder.begin_compute_pass()
+        for pipeline, bind_group, grid in plan.dispatches:
+            cpass.set_pipeline(pipeline)
+            cpass.set_bind_group(0, bind_group)
+            cpass.dispatch_workgroups(*grid)
+        cpass.end()
+        for source, offset, size in plan.copies:
+            encoder.copy_buffer_to_buffer(source, 0, arena.readback, offset, size)
+        queue.submit([encoder.finish()])
+        arena.readback.map_sync(wgpu.MapMode.READ, 0, plan.read_bytes)
+        try:
+            raw = arena.readback.read_mapped(0, plan.read_bytes, copy=True)
+        finally:
+            arena.readback.unmap()
+        result = {}
+        for name, (offset, shape, itemsize) in plan.outputs.items():
+            dtype = np.float32 if itemsize == 4 else self.np_dtype
+            a = np.frombuffer(raw, dtype, prod(shape), offset).reshape(shape)
+            result[name] = a.astype(np.float32)  # a copy: the caller owns it, writable
+        read = sum(size for _, _, size in plan.copies)
+        self.backend.record({
+            "submits": 1, "dispatches": len(plan.dispatches), "command_encoders": 1, "compute_passes": 1,
+            "buffers_created": gpu.buffers_created - before[0], "pipelines_created": gpu.pipelines_created - before[1],
+            "bind_groups_created": gpu.bind_groups_created - before[2], "bytes_read_back": read,
+            "bytes_uploaded": uploaded,
+            "batch": batch, "seq": seq, "shape_class": (_pow2(batch), _pow2(seq)), "dtype": self.backend.dtype,
+            "wall_ms": (time.perf_counter() - t0) * 1e3,
+        })
+        return result
