@@ -1,0 +1,125 @@
+"""The MLX executor: weights on the device once, the whole forward compiled per shape."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from ...errors import BackendUnavailable
+from ...ir import Graph, fold_constants
+from . import _blas
+from .lowering import FLOAT32_PARAMS, TABLE, Precision, concat
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+DEVICES = ("gpu", "cpu")
+
+
+def _gpu_kind() -> str | None:
+    if mx.metal.is_available():
+        return "metal"
+    cuda = getattr(mx, "cuda", None)
+    if cuda is not None and cuda.is_available():
+        return "cuda"
+    return None
+
+
+class MLXExecutable:
+    """One graph with its weights as ``mx.array``; ``mx.compile`` traces it per input shape.
+
+    Shape class = the exact (batch, seq): ``mx.compile`` (shapeless=False) keeps one trace
+    per input shape and reuses it, so a repeated shape costs no Python and no retrace.
+    Padding seq to buckets would save traces but not work, and the padded columns would
+    change what a fully masked row attends to (uniform over S keys in the reference).
+    """
+
+    def __init__(self, graph: Graph, params: dict[str, np.ndarray], precision: Precision, device: mx.Device):
+        self.precision = precision
+        self.device = device
+        self.traces = 0  # how many times the forward was traced (tests read it)
+        keep32 = {n.inputs[i] for n in graph.nodes for i in FLOAT32_PARAMS.get(n.op, ())}
+        with mx.stream(device):
+            arrays = {name: self._to_device(name, a, name in keep32) for name, a in params.items()}
+            graph, arrays = fold_constants(graph, arrays, concat)
+            mx.eval(list(arrays.values()))
+        self.graph = graph
+        self.params = arrays
+        self._forward = mx.compile(self._trace)
+
+    def _to_device(self, name: str, a: np.ndarray, keep32: bool) -> mx.array:
+        # One host->device copy per weight, at load. (mx.array copies, so read-only
+        # memory-mapped params are fine and the mapping is not kept alive.)
+        x = mx.array(np.asarray(a, dtype=np.float32))
+        p = self.precision
+        if keep32:
+            return x
+        if p.half:
+            x = x.astype(p.store)  # the half model's weights ...
+        # ... held in the GEMM dtype (float32 on the CPU: MLX has no fast half GEMM there).
+        return x.astype(p.gemm)
+
+    def _trace(self, params: dict[str, mx.array], inputs: dict[str, mx.array]) -> dict[str, mx.array]:
+        # Runs only while mx.compile traces: once per new input shape.
+        self.traces += 1
+        env = {**params, **inputs}
+        p = self.precision
+        for n in self.graph.nodes:
+            env[n.output] = TABLE[n.op](p, *(env[i] for i in n.inputs), **n.kwargs)
+        return {k: env[v].astype(mx.float32) for k, v in self.graph.outputs.items()}
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = {k: mx.array(np.ascontiguousarray(inputs[k], dtype=np.int32)) for k in self.graph.inputs}
+        with mx.stream(self.device):
+            out = self._forward(self.params, arrays)
+            mx.eval(list(out.values()))  # one evaluation of the whole forward
+        return {k: np.array(v, copy=True) for k, v in out.items()}
+
+
+class MLXBackend:
+    """MLX on its default device (or ``device="cpu"``/``"gpu"``), float32 or half precision."""
+
+    name = "mlx"
+    dtypes = ("float32", "float16", "bfloat16")
+
+    def __init__(self, dtype: str = "float32", device: str | None = None):
+        if dtype not in DTYPES:
+            raise ValueError(f"backend='mlx' runs dtype float32, float16 or bfloat16; got dtype={dtype!r}")
+        if device is None:
+            dev = mx.default_device()
+        elif device in DEVICES:
+            dev = mx.gpu if device == "gpu" else mx.cpu
+            if not mx.is_available(dev):
+                raise BackendUnavailable(
+                    f"backend='mlx' device={device!r}: this MLX build has no GPU (no Metal, no CUDA); "
+                    "use device='cpu', or install mlx with Metal (macOS) or mlx[cuda]")
+        else:
+            raise ValueError(f"backend='mlx' device={device!r}; choose 'gpu' or 'cpu' (or leave it unset)")
+        self.dtype = dtype
+        self.device = mx.Device(dev) if isinstance(dev, mx.DeviceType) else dev
+        cpu = self.device.type == mx.DeviceType.cpu
+        store = DTYPES[dtype]
+        self.precision = Precision(store=store, gemm=mx.float32 if cpu else store, cpu=cpu)
+
+    @property
+    def device_name(self) -> str:
+        return "cpu" if self.precision.cpu else "gpu"
+
+    def describe(self) -> str:
+        where = "CPU, " + _blas.blas_in_use() if self.precision.cpu else f"GPU ({_gpu_kind()})"
+        return f"mlx {mx.__version__} ({self.dtype}, {where})"
+
+    def compile(self, graph: Graph, params: dict[str, np.ndarray]) -> MLXExecutable:
+        return MLXExecutable(graph, params, self.precision, self.device)
+
+    def mlm_in_graph(self, batch: int, seq: int) -> bool:
+        return True
+
+    @classmethod
+    def probe(cls) -> dict:
+        gpu = _gpu_kind()
+        return {
+            "available": True,
+            "accelerated": gpu is not None,
+            "device": f"gpu ({gpu})" if gpu else "cpu",
+            "blas": _blas.blas_in_use(),
+            "version": mx.__version__,
+        }
