@@ -101,9 +101,10 @@ class Gpu:
         return self.device.create_buffer(size=max(16, -(-size // 16) * 16), usage=usage, label=label)
 
     def upload(self, array: np.ndarray, label: str):
-        data = np.ascontiguousarray(array)
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         buf = self.buffer(data.nbytes, wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST, label)
-        self.device.queue.write_buffer(buf, 0, data)
+        # Copies move whole 4-byte words: an odd count of f16 values gets a zero pad.
+        self.device.queue.write_buffer(buf, 0, np.pad(data, (0, -data.nbytes % 4)))
         return buf
 
     def bind_group(self, layout, entries):

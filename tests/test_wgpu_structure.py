@@ -1,0 +1,77 @@
+"""What a forward does on the device: one submit, nothing created after warm-up, only outputs read back."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import SHAPES, make_inputs
+
+import cbert
+from cbert.backends.wgpu import WgpuBackend, device
+
+
+@pytest.fixture(scope="module")
+def model(checkpoints):
+    folder, _ = checkpoints("head16_pretrain")
+    return cbert.load(folder, backend="wgpu")
+
+
+def test_warm_forward_creates_nothing_and_submits_once(model):
+    cfg = SHAPES["head16_pretrain"][1]
+    inputs = make_inputs(cfg, 3, 20)
+    model.forward(**inputs)  # warm-up of this shape class
+    out = model.forward(**inputs)
+    s = model.stats()
+    assert (s["submits"], s["buffers_created"], s["pipelines_created"], s["bind_groups_created"]) == (1, 0, 0, 0)
+    assert s["bytes_read_back"] == sum(v.nbytes for v in out.values())
+    layers = cfg["num_hidden_layers"]
+    # embed + mask, then 7 per layer (qkv, attention, out-proj, add+LN, ffn-in+GELU, ffn-out, add+LN),
+    # then pooler (first token + dense), MLM (transform, LN, decoder) and NSP.
+    assert s["dispatches"] == 2 + 7 * layers + 2 + 3 + 1
+    # Another sequence length of the same shape class reuses the buffers and every pipeline.
+    model.forward(**make_inputs(cfg, 4, 17))
+    s = model.stats()
+    assert (s["buffers_created"], s["pipelines_created"]) == (0, 0)
+
+
+def test_only_requested_outputs_are_read_back(model):
+    inputs = make_inputs(SHAPES["head16_pretrain"][1], 2, 9)
+    small = model.forward(**inputs)
+    small_bytes = model.stats()["bytes_read_back"]
+    big = model.forward(**inputs, output_hidden_states=True)
+    assert model.stats()["bytes_read_back"] == small_bytes + sum(h.nbytes for h in big.hidden_states[:-1])
+    np.testing.assert_array_equal(small.last_hidden_state, big.last_hidden_state)
+
+
+def test_probe_and_describe_name_the_adapter():
+    p = WgpuBackend.probe()
+    assert p["available"] and {"adapter", "backend", "type", "f16", "subgroups", "accelerated"} <= set(p)
+    assert p["backend"] in ("Vulkan", "Metal", "D3D12", "OpenGL")
+    if "llvmpipe" in p["adapter"]:
+        assert p["accelerated"] is False
+    assert p["adapter"] in WgpuBackend().describe()
+
+
+def test_software_adapter_warns_once(monkeypatch):
+    monkeypatch.setattr(device, "_warned_cpu", False)
+    info = dict(device.gpu().info, software=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        device.warn_if_software(info)
+        device.warn_if_software(info)
+    assert len([w for w in caught if "software" in str(w.message)]) == 1
+
+
+def test_float16_without_the_feature_says_so(monkeypatch):
+    gpu = device.gpu()
+    monkeypatch.setattr(gpu, "info", dict(gpu.info, f16=False))
+    with pytest.raises(ValueError, match="shader-f16"):
+        WgpuBackend(dtype="float16")
+
+
+def test_outputs_are_float32_and_writable(model):
+    out = model.forward(**make_inputs(SHAPES["head16_pretrain"][1], 1, 5))
+    for v in out.values():
+        assert v.dtype == np.float32 and v.flags.writeable
