@@ -1,5 +1,5 @@
 // Y[m, n] = act(X[m, :] . W[n, :] + bias[n]), W as Hugging Face stores it ([N, K]), so both
-// operands stream along K. A 16x16 workgroup computes a 64x64 tile, 4x4 outputs per thread,
+// operands stream along K. An 8x8 workgroup computes a 64x64 tile, 8x8 outputs per thread,
 // K in steps of 16 through workgroup memory; f32 accumulation; bias and activation in the
 // epilogue. Bases are element offsets inside the bound (alignment-rounded) views, so the
 // executor can split a product that exceeds maxStorageBufferBindingSize.
@@ -23,17 +23,17 @@ const LDS: u32 = 65u;
 var<workgroup> xs: array<f32, 1040>;  // [TK][LDS], x tile transposed (k-major)
 var<workgroup> ws: array<f32, 1040>;  // [TK][LDS], w tile transposed (k-major)
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(8, 8)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let m0 = wg.y * TM;
     let n0 = wg.x * TN;
-    var acc: array<vec4<f32>, 4>;
+    var acc: array<vec4<f32>, 16>;  // [row i][column j / 4]
     for (var k0 = 0u; k0 < p.K; k0 += TK) {
-        // 256 threads stage 64x16 of each operand, 4 elements each; neighbouring threads
+        // 64 threads stage 64x16 of each operand, 16 elements each; neighbouring threads
         // read neighbouring k of one row, so the global loads coalesce.
-        for (var i = 0u; i < 4u; i++) {
-            let e = li + i * 256u;
+        for (var i = 0u; i < TM * TK / 64u; i++) {
+            let e = li + i * 64u;
             let r = e / TK;
             let c = e % TK;
             let gk = k0 + c;
@@ -46,23 +46,26 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }
         workgroupBarrier();
         for (var k = 0u; k < TK; k++) {
-            // Thread (tx, ty) owns rows ty + 16i and columns tx + 16j: strided ownership
+            // Thread (tx, ty) owns rows ty + 8i and columns tx + 8j: strided ownership
             // keeps the epilogue's stores coalesced along a row.
-            let b = vec4<f32>(ws[k * LDS + lid.x], ws[k * LDS + lid.x + 16u],
-                              ws[k * LDS + lid.x + 32u], ws[k * LDS + lid.x + 48u]);
-            for (var i = 0u; i < 4u; i++) {
-                acc[i] = fma(vec4<f32>(xs[k * LDS + lid.y + 16u * i]), b, acc[i]);
+            let wk = k * LDS + lid.x;
+            let b0 = vec4<f32>(ws[wk], ws[wk + 8u], ws[wk + 16u], ws[wk + 24u]);
+            let b1 = vec4<f32>(ws[wk + 32u], ws[wk + 40u], ws[wk + 48u], ws[wk + 56u]);
+            for (var i = 0u; i < 8u; i++) {
+                let a = vec4<f32>(xs[k * LDS + lid.y + 8u * i]);
+                acc[2u * i] = fma(a, b0, acc[2u * i]);
+                acc[2u * i + 1u] = fma(a, b1, acc[2u * i + 1u]);
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let gm = m0 + lid.y + 16u * i;
+    for (var i = 0u; i < 8u; i++) {
+        let gm = m0 + lid.y + 8u * i;
         if (gm >= p.M) { continue; }
-        for (var j = 0u; j < 4u; j++) {
-            let gn = n0 + lid.x + 16u * j;
+        for (var j = 0u; j < 8u; j++) {
+            let gn = n0 + lid.x + 8u * j;
             if (gn < p.N) {
-                y[p.y_base + gm * p.y_ld + gn] = st(activate(acc[i][j] + bias[p.b_base + gn], ACT));
+                y[p.y_base + gm * p.y_ld + gn] = st(activate(acc[2u * i + j / 4u][j % 4u] + bias[p.b_base + gn], ACT));
             }
         }
     }
