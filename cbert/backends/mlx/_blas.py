@@ -4,7 +4,9 @@ The Linux ``mlx[cpu]`` wheel links the netlib reference BLAS it bundles (about 2
 GFLOP/s for a BERT-base GEMM on this project's 2-core CI machine, against about 97 with
 OpenBLAS: ~40x). libmlx resolves ``cblas_sgemm`` through the global symbol scope before
 its own dependencies, so a BLAS opened with RTLD_GLOBAL first takes over every float32
-GEMM. This module imports nothing from mlx, so that it can run first.
+GEMM. libmlx binds the symbol when it loads, so this has to happen before anything
+imports ``mlx.core`` (measured: loading OpenBLAS afterwards leaves GEMMs at 2.5 GFLOP/s).
+This module imports nothing from mlx, so that it can run first.
 """
 
 from __future__ import annotations
@@ -40,21 +42,22 @@ class _DlInfo(ctypes.Structure):
 # What load_blas() did: the path it opened (or None) and why.
 LOADED: str | None = None
 NOTE = ""
+TOO_LATE = False  # mlx.core was already loaded, bound to its own BLAS
 
 
 def load_blas() -> str | None:
     """Open the first optimized BLAS found with RTLD_GLOBAL; returns its path or None."""
-    global LOADED, NOTE
-    if LOADED is not None or not sys.platform.startswith("linux"):
+    global LOADED, NOTE, TOO_LATE
+    if LOADED is not None or TOO_LATE or not sys.platform.startswith("linux"):
         return LOADED
     choice = os.environ.get(ENV_VAR, "")
     if choice.lower() == "none":
         NOTE = f"{ENV_VAR}=none"
         return None
     if "mlx.core" in sys.modules:
-        # Too late to be sure: libmlx may already have bound cblas_sgemm (lazy binding
-        # usually still picks ours up at the first GEMM; blas_in_use() reports the truth).
-        NOTE = "mlx.core was imported before cbert could load a BLAS"
+        TOO_LATE = True
+        NOTE = "mlx.core was imported before cbert.backends.mlx could load OpenBLAS; import cbert's backend first"
+        return None
     for path in [choice] if choice else _candidates():
         if Path(path).exists():
             try:
@@ -73,11 +76,13 @@ def blas_in_use() -> str:
     """The BLAS that serves libmlx's cblas_sgemm on the CPU, in words."""
     if sys.platform == "darwin":
         return "Accelerate"
+    bundled = "MLX's bundled reference BLAS (slow: ~40x behind OpenBLAS; apt-get install libopenblas0-pthread)"
+    if TOO_LATE:
+        return f"{bundled}; {NOTE}"
     try:
-        scope = ctypes.CDLL(None)  # the global scope libmlx looks in first
+        scope = ctypes.CDLL(None)  # the global scope libmlx looked in first when it loaded
         sgemm = scope.cblas_sgemm
     except (OSError, AttributeError):
-        bundled = "MLX's bundled reference BLAS (slow: ~40x behind OpenBLAS; apt-get install libopenblas0-pthread)"
         return bundled + (f"; {NOTE}" if NOTE else "")
     info = _DlInfo()
     where = "?"

@@ -1,0 +1,179 @@
+"""CPU throughput, side by side in one run: cbert MLX vs the numpy reference vs onnxruntime vs torch.
+
+BERT-base shape (vocab 28996, 12 layers x 768, FFN 3072) with random weights, written by
+transformers' save_pretrained(safe_serialization=True) into a temporary folder; fp32; 2
+threads for every engine. Prints ms per batch, tokens/s and ratios, and checks that
+every engine's last_hidden_state agrees with torch's.
+
+    python benchmarks/bench_cpu.py [--threads 2] [--seconds 6] [--shapes 1x32,8x128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=6.0, help="timing budget per engine and shape")
+    ap.add_argument("--shapes", default="1x32,8x128", help="batch x seq pairs, comma separated")
+    ap.add_argument("--engines", default="mlx,numpy,onnxruntime,torch")
+    return ap.parse_args()
+
+
+ARGS = _args()
+# BLAS thread pools read these when their library loads, so they go first.
+for var in THREADS_ENV:
+    os.environ[var] = str(ARGS.threads)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cbert  # noqa: E402
+
+CONFIG = dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+              intermediate_size=3072, max_position_embeddings=512)
+
+
+def write_checkpoint(folder: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(**CONFIG), add_pooling_layer=True).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+class _Positional(torch.nn.Module):
+    # The exporter passes inputs positionally; BertModel.forward's order is not stable across versions.
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.last_hidden_state, out.pooler_output
+
+
+def export_onnx(model: torch.nn.Module, path: str) -> None:
+    ids = torch.ones(2, 16, dtype=torch.int64)
+    axes = {0: "batch", 1: "seq"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Positional(model).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), path,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["last_hidden_state", "pooler_output"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
+                                        "last_hidden_state": axes},
+                          opset_version=17, dynamo=False)
+
+
+def make_engines(folder: str, model: torch.nn.Module, names: list[str]) -> dict[str, Callable]:
+    """name -> run(inputs) -> last_hidden_state as numpy."""
+    engines: dict[str, Callable] = {}
+    for name in names:
+        if name in ("mlx", "numpy"):
+            m = cbert.load(folder, backend=name)
+            engines[name] = lambda inp, m=m: m.forward(**inp).last_hidden_state
+            if name == "mlx":
+                print(f"# mlx: {m.backend.describe()}")
+        elif name == "onnxruntime":
+            import onnxruntime as ort
+
+            path = os.path.join(folder, "model.onnx")
+            export_onnx(model, path)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = ARGS.threads
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            print(f"# onnxruntime {ort.__version__}, {ARGS.threads} intra-op threads")
+            engines[name] = lambda inp, s=sess: s.run(["last_hidden_state"], inp)[0]
+        elif name == "torch":
+            torch.set_num_threads(ARGS.threads)
+            print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
+                  f"attention {model.config._attn_implementation}")
+
+            def run(inp, m=model):
+                with torch.inference_mode():
+                    return m(**{k: torch.from_numpy(v) for k, v in inp.items()}).last_hidden_state.numpy()
+
+            engines[name] = run
+        else:
+            raise SystemExit(f"unknown engine {name!r}")
+    return engines
+
+
+def time_engine(run: Callable, inputs: dict, seconds: float) -> tuple[float, np.ndarray]:
+    """Median seconds per forward after warm-up (the first call compiles/traces)."""
+    out = run(inputs)
+    run(inputs)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < seconds and len(times) < 200):
+        t = time.perf_counter()
+        run(inputs)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    names = ARGS.engines.split(",")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in ARGS.shapes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cbert-bench-") as folder:
+        model = write_checkpoint(folder)
+        engines = make_engines(folder, model, names)
+        for batch, seq in shapes:
+            rng = np.random.default_rng(batch * 1000 + seq)
+            inputs = {"input_ids": rng.integers(1, CONFIG["vocab_size"], (batch, seq), dtype=np.int64),
+                      "attention_mask": np.ones((batch, seq), dtype=np.int64),
+                      "token_type_ids": np.zeros((batch, seq), dtype=np.int64)}
+            results = {}
+            for name, run in engines.items():
+                sec, out = time_engine(run, inputs, ARGS.seconds)
+                results[name] = (sec, out)
+            ref = results.get("torch", next(iter(results.values())))[1]
+            for name, (sec, out) in results.items():
+                err = float(np.abs(out - ref).max())
+                rows.append((f"{batch}x{seq}", name, sec, batch * seq / sec, err))
+    _print(rows, names)
+
+
+def _print(rows: list[tuple], names: list[str]) -> None:
+    print(f"\nfp32, {ARGS.threads} threads; median of repeated forwards; tok/s = batch*seq / time")
+    head = (f"{'shape':>7}  {'engine':<12} {'ms/batch':>9} {'tok/s':>8} {'x ort':>6} {'x best(ort,torch)':>17}"
+            "  max|diff| vs torch")
+    print(head)
+    print("-" * len(head))
+    for shape in dict.fromkeys(r[0] for r in rows):
+        group = {r[1]: r for r in rows if r[0] == shape}
+        ort = group.get("onnxruntime")
+        best = max((group[n][3] for n in ("onnxruntime", "torch") if n in group), default=None)
+        for name in names:
+            _, _, sec, tps, err = group[name]
+            vs_ort = f"{tps / ort[3]:.2f}" if ort else "-"
+            vs_best = f"{tps / best:.2f}" if best else "-"
+            print(f"{shape:>7}  {name:<12} {sec * 1e3:9.1f} {tps:8.0f} {vs_ort:>6} {vs_best:>17}  {err:.2e}")
+    if "mlx" in names:
+        print("\ntarget: mlx >= 0.6x the faster of onnxruntime and torch at every shape")
+    if "numpy" in names:
+        print("core target: numpy >= 0.7x onnxruntime at 8x128")
+
+
+if __name__ == "__main__":
+    main()
