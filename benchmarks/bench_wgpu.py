@@ -121,6 +121,7 @@ def tinygrad_runner(folder: str):
     raw = {k.removeprefix("bert."): v for k, v in load_file(str(Path(folder) / "model.safetensors")).items()}
     w = {k: Tensor(v).realize() for k, v in raw.items() if not k.startswith("embeddings.") or "LayerNorm" in k}
     heads, eps = BASE["num_attention_heads"], 1e-12
+    jits: dict = {}
 
     def ln(x, p):
         return x.layernorm(eps=eps) * w[p + ".weight"] + w[p + ".bias"]
@@ -128,7 +129,6 @@ def tinygrad_runner(folder: str):
     def lin(x, p):
         return x.linear(w[p + ".weight"].T, w[p + ".bias"])
 
-    @TinyJit
     def encoder(emb, bias):
         B, S, H = emb.shape
         x = ln(emb, "embeddings.LayerNorm")
@@ -149,7 +149,9 @@ def tinygrad_runner(folder: str):
         emb = (raw["embeddings.word_embeddings.weight"][ids] + raw["embeddings.position_embeddings.weight"][:S]
                + raw["embeddings.token_type_embeddings.weight"][types]).astype(np.float32)
         bias = np.where(inputs["attention_mask"] != 0, 0, np.finfo(np.float32).min).astype(np.float32)
-        return encoder(Tensor(emb), Tensor(bias[:, None, None, :])).numpy()
+        if ids.shape not in jits:  # a TinyJit replays one captured shape
+            jits[ids.shape] = TinyJit(encoder)
+        return jits[ids.shape](Tensor(emb), Tensor(bias[:, None, None, :])).numpy()
 
     return forward, f"tinygrad {Device.DEFAULT}"
 
