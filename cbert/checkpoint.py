@@ -16,26 +16,32 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BertConfig
+from .config import ModelConfig
 from .errors import CheckpointError
-from .graph import Heads, expected_shapes
+from .graph import MLM_NAMES, POOLER, Heads, build
 
 # safetensors dtype codes -> numpy; BF16 is read as uint16 and widened at load.
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
-# Prefixes a Hugging Face class puts before the BertModel's own names.
-PREFIXES = ("bert.",)
+# The prefix each family's *For* classes put before the base model's own names.
+PREFIX = {"bert": "bert.", "roberta": "roberta.", "distilbert": "distilbert.", "albert": "albert."}
 
-# Tensors that are buffers or duplicates of tied weights, not parameters of their own.
-IGNORED = ("embeddings.position_ids", "cls.predictions.decoder.bias", "cls.predictions.bias")
+# Buffers, not parameters.
+BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
-# Hugging Face's MLM forward adds the decoder's own bias; it is tied to cls.predictions.bias
-# in released checkpoints, but a model saved untied keeps both and uses decoder.bias.
-PREFERRED = {"cls.predictions.bias": "cls.predictions.decoder.bias"}
+# Hugging Face's MLM forward adds the decoder's own bias; it is tied to the head's bias in
+# released checkpoints, but a model saved untied keeps both and uses the decoder's.
+BIAS_TWINS = {"cls.predictions.bias": "cls.predictions.decoder.bias", "lm_head.bias": "lm_head.decoder.bias",
+              "predictions.bias": "predictions.decoder.bias"}
 
-ARCHITECTURES = ("BertModel", "BertForPreTraining", "BertForMaskedLM")
-
+# Hugging Face class -> (family, heads). Class names per family, and which heads each suffix has.
+CLASS_PREFIX = {"Bert": "bert", "Roberta": "roberta", "XLMRoberta": "roberta", "Camembert": "roberta",
+                "DistilBert": "distilbert", "Albert": "albert"}
+SUFFIX_HEADS = {"Model": (), "ForMaskedLM": ("mlm",), "ForSequenceClassification": ("seq_cls",),
+                "ForTokenClassification": ("token_cls",), "ForQuestionAnswering": ("qa",)}
+ARCHITECTURES = {f"{c}{s}": (fam, heads) for c, fam in CLASS_PREFIX.items() for s, heads in SUFFIX_HEADS.items()}
+ARCHITECTURES["BertForPreTraining"] = ("bert", ("mlm", "nsp"))
 
 class SafetensorsFile:
     """A read-only, memory-mapped safetensors file: ``names()`` and ``get(name)`` views."""
@@ -105,20 +111,13 @@ class SafetensorsFile:
 @dataclass
 class Checkpoint:
     path: Path
-    config: BertConfig
+    config: ModelConfig
     weights_file: Path
     params: dict[str, np.ndarray]
-    heads: Heads  # what the Hugging Face class outputs
+    heads: Heads  # what the forward outputs: the Hugging Face class's heads (and a pooler if present)
     loaded: Heads  # every head whose tensors the file holds
     architecture: str
     num_parameters: int
-
-
-def canonical(name: str) -> str:
-    for p in PREFIXES:
-        if name.startswith(p):
-            return name[len(p):]
-    return name
 
 
 def find_weights(folder: Path) -> Path:
@@ -131,7 +130,7 @@ def find_weights(folder: Path) -> Path:
     if len(others) > 1 or (folder / "model.safetensors.index.json").exists():
         raise CheckpointError(
             f"{folder}: sharded or several .safetensors files ({', '.join(p.name for p in others)}); "
-            "merge them into one model.safetensors first")
+            "merge them into one model.safetensors first (cbert prepare does)")
     if any((folder / n).exists() for n in ("pytorch_model.bin", "tf_model.h5", "model.ckpt.index")):
         raise CheckpointError(
             f"{folder}: has no model.safetensors, only PyTorch/TensorFlow weights; convert them to safetensors "
@@ -139,24 +138,85 @@ def find_weights(folder: Path) -> Path:
     raise CheckpointError(f"{folder}: no model.safetensors in this folder")
 
 
-def detect_heads(cfg: BertConfig, names: set[str], source: str) -> tuple[Heads, str]:
-    """Which heads the tensors hold, and the Hugging Face class whose output names we use."""
-    has_pooler = "pooler.dense.weight" in names
-    has_mlm = "cls.predictions.transform.dense.weight" in names
-    has_nsp = "cls.seq_relationship.weight" in names
-    tied = "cls.predictions.decoder.weight" not in names
-    declared = [a for a in cfg.architectures if a.startswith("Bert")]
-    if declared and declared[0] not in ARCHITECTURES:
+def _detect_heads(cfg: ModelConfig, names: set[str]) -> tuple[str, ...]:
+    """The heads a file holds, when config.json names no architecture."""
+    fam = cfg.family
+    found = []
+    if MLM_NAMES[fam][0] + ".weight" in names:
+        found.append("mlm")
+    if "cls.seq_relationship.weight" in names:
+        found.append("nsp")
+    if "qa_outputs.weight" in names:
+        found.append("qa")
+    if "pre_classifier.weight" in names or "classifier.out_proj.weight" in names:
+        found.append("seq_cls")
+    elif "classifier.weight" in names:
+        # BERT and ALBERT classify sequences from the pooler; without one it is a token classifier.
+        pooled = fam in POOLER and POOLER[fam] + ".weight" in names
+        found.append("seq_cls" if pooled and fam in ("bert", "albert") else "token_cls")
+    return tuple(found)
+
+
+def _class_name(cfg: ModelConfig, heads: tuple[str, ...]) -> str:
+    for name, (fam, h) in ARCHITECTURES.items():
+        if fam == cfg.family and set(h) == set(heads) and name.startswith(
+                next(c for c, f in CLASS_PREFIX.items() if f == fam)):
+            return name
+    return "+".join(heads)
+
+
+def _labels(cfg: ModelConfig, n: int, source: str, what: str) -> None:
+    labels = cfg.id2label
+    if not labels:
+        raise CheckpointError(f"{source}: no id2label for the {n} outputs of the {what} (labels are needed to "
+                              f"name predictions)")
+    if sorted(labels) != list(range(n)):
+        raise CheckpointError(f"{source}: id2label has ids {sorted(labels)}, but the {what} has {n} outputs "
+                              f"(expected ids 0..{n - 1})")
+
+
+def resolve_heads(cfg: ModelConfig, names: dict[str, tuple[int, ...]], source: str) -> tuple[str, Heads, Heads]:
+    """(architecture, heads the forward outputs, every head the file holds)."""
+    declared = [a for a in cfg.architectures if a in ARCHITECTURES]
+    if cfg.architectures and not declared:
         raise CheckpointError(
-            f"{source}: architectures = {declared[0]!r} is not supported; cbert runs {', '.join(ARCHITECTURES)}")
-    arch = declared[0] if declared else (
-        "BertForPreTraining" if has_mlm and has_nsp else "BertForMaskedLM" if has_mlm else "BertModel")
-    if arch == "BertForPreTraining":
-        return Heads(pooler=True, mlm=True, nsp=True, tied_decoder=tied, mlm_output="prediction_logits"), arch
-    if arch == "BertForMaskedLM":
-        # Hugging Face's BertForMaskedLM has no pooler; a pooler in the file is still usable.
-        return Heads(pooler=False, mlm=True, nsp=False, tied_decoder=tied), arch
-    return Heads(pooler=has_pooler, mlm=False, nsp=False, tied_decoder=tied), arch
+            f"{source}: architectures = {cfg.architectures[0]!r} is not supported; cbert runs "
+            f"{', '.join(sorted(ARCHITECTURES))}")
+    if declared:
+        arch = declared[0]
+        fam, kinds = ARCHITECTURES[arch]
+        if fam != cfg.family:
+            raise CheckpointError(f"{source}: architectures = {arch!r} is a {fam} class but model_type = "
+                                  f"{cfg.model_type!r}")
+    else:
+        kinds = _detect_heads(cfg, set(names))
+        arch = _class_name(cfg, kinds)
+    present = set(_detect_heads(cfg, set(names))) | set(kinds)
+    fam = cfg.family
+    has_pooler = fam in POOLER and POOLER[fam] + ".weight" in names
+    tied = MLM_NAMES[fam][2] not in names
+    n_seq = n_tok = 0
+    if "seq_cls" in present:
+        final = "classifier.out_proj.weight" if fam == "roberta" else "classifier.weight"
+        n_seq = names.get(final, (len(cfg.id2label) or 2,))[0]
+        _labels(cfg, n_seq, source, "sequence classifier")
+    if "token_cls" in present:
+        n_tok = names.get("classifier.weight", (len(cfg.id2label) or 2,))[0]
+        _labels(cfg, n_tok, source, "token classifier")
+    mlm_output = "prediction_logits" if "nsp" in kinds else "logits"
+
+    def heads(kinds: set[str]) -> Heads:
+        return Heads(pooler=has_pooler or "nsp" in kinds, mlm="mlm" in kinds, nsp="nsp" in kinds,
+                     seq_cls=n_seq if "seq_cls" in kinds else 0, token_cls=n_tok if "token_cls" in kinds else 0,
+                     qa="qa" in kinds, tied_decoder=tied, mlm_output=mlm_output)
+
+    out = heads(set(kinds))
+    # A file may hold more heads than its class outputs (cls.* in a BertModel file): load
+    # them for model.mlm_logits(), but two heads that both output `logits` cannot share a graph.
+    extra = present - set(kinds)
+    if {"seq_cls", "token_cls"} <= present or ("mlm" in extra and ({"seq_cls", "token_cls"} & set(kinds))):
+        extra -= {"seq_cls", "token_cls", "mlm"}
+    return arch, out, heads(set(kinds) | extra)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -164,27 +224,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint folder")
     folder = path if path.is_dir() else path.parent
-    cfg = BertConfig.from_file(folder / "config.json")
+    cfg = ModelConfig.from_file(folder / "config.json")
     weights_file = path if path.is_file() else find_weights(folder)
     st = SafetensorsFile(weights_file)
 
+    prefix = PREFIX[cfg.family]
     canon: dict[str, str] = {}
     for raw in st.names():
-        c = canonical(raw)
+        c = raw[len(prefix):] if raw.startswith(prefix) else raw
         if c in canon:
             raise CheckpointError(f"{weights_file}: tensor {c!r} is stored twice (as {canon[c]!r} and {raw!r})")
         canon[c] = raw
-    for name, better in PREFERRED.items():
+    for name, better in BIAS_TWINS.items():
         if better in canon:
-            canon[name] = canon[better]
-    heads, arch = detect_heads(cfg, set(canon), str(folder / "config.json"))
-    # Every head whose tensors are present is loaded, even if the class does not output
-    # it (model.mlm_logits() on a BertModel file that still has cls.*).
-    usable = Heads(pooler="pooler.dense.weight" in canon or heads.pooler or heads.nsp,
-                   mlm="cls.predictions.transform.dense.weight" in canon or heads.mlm,
-                   nsp="cls.seq_relationship.weight" in canon or heads.nsp,
-                   tied_decoder=heads.tied_decoder)
-    want = expected_shapes(cfg, usable)
+            canon[name] = canon.pop(better)
+    arch, heads, loaded = resolve_heads(cfg, {n: st.shape(r) for n, r in canon.items()},
+                                        str(folder / "config.json"))
+    want = build(cfg, loaded).param_shapes
 
     missing = [n for n in want if n not in canon]
     if missing:
@@ -192,7 +248,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{weights_file}: missing tensor{'s' if len(missing) > 1 else ''} {', '.join(missing[:5])}{more} "
             f"(config.json says {cfg.num_hidden_layers} layers, architecture {arch})")
-    unexpected = [canon[n] for n in canon if n not in want and n not in IGNORED]
+    unexpected = [canon[n] for n in canon if n not in want and n not in BUFFERS and n not in BIAS_TWINS]
     if unexpected:
         more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
         raise CheckpointError(
@@ -214,4 +270,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(f"{weights_file}: tensor {canon[name]!r} holds NaN or infinite values")
         params[name] = a
     n_params = sum(int(np.prod(s)) for s in want.values())
-    return Checkpoint(folder, cfg, weights_file, params, heads, usable, arch, n_params)
+    return Checkpoint(folder, cfg, weights_file, params, heads, loaded, arch, n_params)

@@ -134,7 +134,7 @@ def cmd_info(args) -> int:
 
     ckpt = load_checkpoint(args.model)
     c = ckpt.config
-    tok = Tokenizer.from_folder(ckpt.path, c.max_position_embeddings, c.pad_token_id)
+    tok = Tokenizer.from_folder(ckpt.path, c.max_seq_len, c.pad_token_id)
     heads = [k for k in ("pooler", "mlm", "nsp") if getattr(ckpt.loaded, k)]
     if ckpt.loaded.mlm:
         heads[heads.index("mlm")] = "mlm (decoder tied to word embeddings)" if ckpt.loaded.tied_decoder \

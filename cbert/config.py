@@ -21,11 +21,18 @@ HIDDEN_ACT = {
     "swish": "silu",
 }
 
-SUPPORTED_MODEL_TYPES = ("bert",)
+# model_type -> the family whose graph runs it (and whose tensor names it uses).
+FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta",
+            "distilbert": "distilbert", "albert": "albert"}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+
+# DistilBERT's config.json spells the shared fields its own way.
+DISTILBERT_KEYS = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                   "hidden_dim": "intermediate_size", "activation": "hidden_act"}
 
 
 @dataclass
-class BertConfig:
+class ModelConfig:
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -41,12 +48,30 @@ class BertConfig:
     add_cross_attention: bool = False
     model_type: str = "bert"
     architectures: list[str] = field(default_factory=list)
+    embedding_size: int | None = None  # ALBERT's factorized embeddings; None: hidden_size
+    num_hidden_groups: int = 1  # ALBERT: layer groups sharing weights
+    inner_group_num: int = 1  # ALBERT: layers per group
     # Everything else config.json carried, kept so nothing is lost (id2label, ...).
     extra: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
+
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config.json") -> BertConfig:
+    def from_dict(cls, d: dict, source: str = "config.json") -> ModelConfig:
         """Forgiving: unknown keys go to ``extra``; only what the IR cannot run is an error."""
+        d = dict(d)
+        if d.get("model_type") == "distilbert":
+            for theirs, ours in DISTILBERT_KEYS.items():
+                if theirs in d:
+                    d[ours] = d.pop(theirs)
+            d.setdefault("hidden_act", "gelu")
+            d["type_vocab_size"] = 0  # DistilBERT has no token types
+            d["layer_norm_eps"] = 1e-12  # fixed in modeling_distilbert.py
+        if d.get("model_type") == "albert":
+            d.setdefault("hidden_act", "gelu_new")
+            d.setdefault("embedding_size", 128)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
@@ -57,7 +82,7 @@ class BertConfig:
         return cfg
 
     @classmethod
-    def from_file(cls, path: str | Path) -> BertConfig:
+    def from_file(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -75,6 +100,8 @@ class BertConfig:
 
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise bad("model_type", f"cbert runs {', '.join(SUPPORTED_MODEL_TYPES)}")
+        if self.family == "albert" and self.num_hidden_layers % self.num_hidden_groups:
+            raise bad("num_hidden_groups", f"does not divide num_hidden_layers = {self.num_hidden_layers}")
         if self.hidden_act not in HIDDEN_ACT:
             raise bad("hidden_act", f"supported activations are {', '.join(sorted(HIDDEN_ACT))}")
         if self.position_embedding_type != "absolute":
@@ -90,6 +117,9 @@ class BertConfig:
             "num_attention_heads",
             "intermediate_size",
             "max_position_embeddings",
+            "embedding_size",
+            "num_hidden_groups",
+            "inner_group_num",
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -99,6 +129,17 @@ class BertConfig:
                 "hidden_size",
                 f"not divisible by num_attention_heads = {self.num_attention_heads}",
             )
+
+    @property
+    def family(self) -> str:
+        return FAMILIES[self.model_type]
+
+    @property
+    def max_seq_len(self) -> int:
+        """The longest input: RoBERTa's positions start after padding_idx, so two fewer."""
+        if self.family == "roberta":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
 
     @property
     def head_dim(self) -> int:
@@ -154,7 +195,7 @@ PRESETS = {
 }
 
 
-def recognise(cfg: BertConfig, name_or_path: str = "") -> list[str]:
+def recognise(cfg: ModelConfig, name_or_path: str = "") -> list[str]:
     """Presets whose shape matches ``cfg`` (a shape match alone cannot tell the
     Bio_ClinicalBERT twins from bert-base-cased, so a name hint narrows it)."""
     matches = [
@@ -164,3 +205,6 @@ def recognise(cfg: BertConfig, name_or_path: str = "") -> list[str]:
     hint = (name_or_path + " " + str(cfg.extra.get("_name_or_path", ""))).lower().replace("_", "-")
     named = [k for k in matches if k in hint or PRESETS[k]["repo"].lower().replace("_", "-") in hint]
     return named or matches
+
+
+BertConfig = ModelConfig  # the name users of the BERT-only API know

@@ -77,6 +77,8 @@ class Graph:
     nodes: tuple[Node, ...]
     inputs: tuple[str, ...]
     outputs: Mapping[str, str] = field(default_factory=dict)
+    # The shape of every parameter, as the graph builder declared it (may be empty).
+    param_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -105,7 +107,9 @@ class Graph:
         new_inputs = tuple(i for i in self.inputs if i in needed) + tuple(
             i for i in (inputs or ()) if i in needed and i not in self.inputs
         )
-        return Graph(tuple(reversed(keep)), new_inputs, dict(outputs))
+        kept = Graph(tuple(reversed(keep)), new_inputs, dict(outputs))
+        return Graph(kept.nodes, kept.inputs, kept.outputs,
+                     {k: v for k, v in self.param_shapes.items() if k in set(kept.params)})
 
 
 def fold_constants(graph: Graph, params: Mapping[str, object], concat) -> tuple[Graph, dict]:
@@ -127,4 +131,4 @@ def fold_constants(graph: Graph, params: Mapping[str, object], concat) -> tuple[
     parts = {i for n in graph.nodes if n.op is Op.CONCAT for i in n.inputs}
     for name in parts - still_read - folded:
         params.pop(name, None)
-    return Graph(tuple(rest), graph.inputs, graph.outputs), params
+    return Graph(tuple(rest), graph.inputs, graph.outputs, graph.param_shapes), params

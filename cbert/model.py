@@ -12,7 +12,7 @@ from .backends import get_backend
 from .backends.numpy_backend import NumpyExecutable
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import InputError
-from .graph import build_bert
+from .graph import build
 from .ir import Graph
 from .tokenizer import Tokenizer
 
@@ -65,7 +65,7 @@ class Model:
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             self._tokenizer = Tokenizer.from_folder(
-                self._tokenizer_folder, self.config.max_position_embeddings, self.config.pad_token_id)
+                self._tokenizer_folder, self.config.max_seq_len, self.config.pad_token_id)
         return self._tokenizer
 
     def stats(self) -> dict:
@@ -86,11 +86,11 @@ class Model:
     def _executable(self, hidden: bool, attentions: bool, mlm_in_graph: bool):
         key = (hidden, attentions, mlm_in_graph)
         if key not in self._compiled:
-            graph = build_bert(self.config, self.checkpoint.heads, hidden, attentions)
+            graph = build(self.config, self.checkpoint.heads, hidden, attentions)
             if not mlm_in_graph:  # the MLM head runs on the host: cut it off the backend's graph
                 mlm = self.checkpoint.heads.mlm_output
                 graph = graph.select({k: v for k, v in graph.outputs.items() if k != mlm})
-            self._compiled[key] = self.backend.compile(graph, self._graph_params(graph))
+            self._compiled[key] = (graph.inputs, self.backend.compile(graph, self._graph_params(graph)))
         return self._compiled[key]
 
     def _graph_params(self, graph: Graph) -> dict[str, np.ndarray]:
@@ -103,7 +103,7 @@ class Model:
         placements give identical results.
         """
         if output not in self._host:
-            graph = build_bert(self.config, replace(self.checkpoint.loaded, mlm_output="logits"))
+            graph = build(self.config, replace(self.checkpoint.loaded, mlm_output="logits"))
             last = graph.outputs["last_hidden_state"]
             head = graph.select({output: output}, inputs=[last])
             self._host[output] = (last, NumpyExecutable(head, self._graph_params(head)))
@@ -124,14 +124,14 @@ class Model:
         B, S = ids.shape
         if B == 0 or S == 0:
             raise InputError(f"input_ids is empty (shape {list(ids.shape)}): nothing to run")
-        if S > c.max_position_embeddings:
-            raise InputError(
-                f"input_ids has seq length {S}, more than max_position_embeddings = {c.max_position_embeddings}")
+        if S > c.max_seq_len:
+            raise InputError(f"input_ids has seq length {S}, more than the model's maximum of {c.max_seq_len} "
+                             f"(max_position_embeddings = {c.max_position_embeddings})")
         _check_range(ids, 0, c.vocab_size, "input_ids", "vocab_size")
         out = {"input_ids": ids}
         for name, value, default, limit, limit_name in (
             ("attention_mask", attention_mask, np.ones, 2, None),
-            ("token_type_ids", token_type_ids, np.zeros, c.type_vocab_size, "type_vocab_size"),
+            ("token_type_ids", token_type_ids, np.zeros, max(c.type_vocab_size, 1), "type_vocab_size"),
         ):
             if value is None:
                 out[name] = default((B, S), dtype=np.int64)
@@ -143,7 +143,13 @@ class Model:
                 raise InputError(f"{name} has shape {list(a.shape)} but input_ids has {list(ids.shape)}")
             _check_range(a, 0, limit, name, limit_name or "0/1 values")
             out[name] = a
-        if position_ids is None:
+        if c.type_vocab_size == 0 and out["token_type_ids"].any():
+            raise InputError(f"token_type_ids holds non-zero values, but a {c.model_type} model has no token types")
+        if position_ids is None and c.family == "roberta":
+            # Positions count real tokens from padding_idx + 1, as create_position_ids_from_input_ids does.
+            real = (ids != c.pad_token_id).astype(np.int64)
+            out["position_ids"] = np.cumsum(real, axis=1) * real + c.pad_token_id
+        elif position_ids is None:
             out["position_ids"] = np.broadcast_to(np.arange(S, dtype=np.int64), (B, S))
         else:
             p = _as_int_array(position_ids, "position_ids")
@@ -161,8 +167,11 @@ class Model:
         heads = self.checkpoint.heads
         B, S = inputs["input_ids"].shape
         in_graph = self._mlm_in_graph(B, S) if heads.mlm else True
-        run = self._executable(output_hidden_states, output_attentions, in_graph)
-        raw = run(inputs)
+        wanted, run = self._executable(output_hidden_states, output_attentions, in_graph)
+        raw = run({k: inputs[k] for k in wanted})
+        if "qa_logits" in raw:
+            qa = raw.pop("qa_logits")
+            raw["start_logits"], raw["end_logits"] = np.ascontiguousarray(qa[..., 0]), np.ascontiguousarray(qa[..., 1])
         if heads.mlm and not in_graph:
             raw[heads.mlm_output] = self._run_host_head("logits", raw["last_hidden_state"])
         return self._package(raw)
@@ -171,7 +180,8 @@ class Model:
 
     def _package(self, raw: dict) -> ModelOutput:
         out = ModelOutput()
-        order = ["last_hidden_state", "pooler_output", "logits", "prediction_logits", "seq_relationship_logits"]
+        order = ["last_hidden_state", "pooler_output", "logits", "prediction_logits", "seq_relationship_logits",
+                 "start_logits", "end_logits"]
         for k in order:
             if k in raw:
                 out[k] = _checked(raw[k], k, self.backend.name)

@@ -44,7 +44,7 @@ def _edit_weights(folder, fn):
     ("add_cross_attention", True, "add_cross_attention = True: cross-attention is not supported"),
     ("model_type", "gpt2", "model_type = 'gpt2': cbert runs"),
     ("num_attention_heads", 5, "hidden_size = 48: not divisible by num_attention_heads = 5"),
-    ("architectures", ["BertForTokenClassification"], "'BertForTokenClassification' is not supported"),
+    ("architectures", ["BertForMultipleChoice"], "'BertForMultipleChoice' is not supported"),
 ])
 def test_config_the_ir_cannot_run(ckpt, field, value, message):
     _edit_config(ckpt, **{field: value})
@@ -181,7 +181,7 @@ def model(checkpoints):
     (dict(input_ids=np.zeros((0, 4), np.int64)), r"input_ids is empty \(shape \[0, 4\]\)"),
     (dict(input_ids=np.zeros((2, 0), np.int64)), r"input_ids is empty"),
     (dict(input_ids=np.zeros((1, 2, 3), np.int64)), r"input_ids must be \[batch, seq\]; got shape \[1, 2, 3\]"),
-    (dict(input_ids=np.ones((1, 49), np.int64)), r"seq length 49, more than max_position_embeddings = 48"),
+    (dict(input_ids=np.ones((1, 49), np.int64)), r"seq length 49, more than the model.s maximum of 48"),
     (dict(input_ids=[[1, 2, 3]], attention_mask=[[1, 1]]),
      r"attention_mask has shape \[1, 2\] but input_ids has \[1, 3\]"),
     (dict(input_ids=[[1, 2, 3]], attention_mask=[[1, 2, 1]]), r"attention_mask\[0, 1\] = 2 is outside \[0, 2\)"),

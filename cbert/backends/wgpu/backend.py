@@ -32,15 +32,17 @@ class WgpuBackend:
 
     @classmethod
     def probe(cls) -> dict:
+        """Says, without warning: probing is not using (backend="auto" probes and may pick numpy)."""
         info = gpu().info
-        warn_if_software(info)
-        return {"available": True, "accelerated": not info["software"], "adapter": info["adapter"],
-                "backend": info["backend"], "type": info["type"], "driver": info["driver"], "f16": info["f16"],
-                "subgroups": info["subgroups"]}
+        found = {"available": True, "accelerated": not info["software"], "adapter": info["adapter"],
+                 "backend": info["backend"], "type": info["type"], "driver": info["driver"], "f16": info["f16"],
+                 "subgroups": info["subgroups"]}
+        if info["software"]:
+            found["warning"] = "a CPU (software) adapter: slower than backend='numpy'; no GPU was found"
+        return found
 
     def describe(self) -> str:
         i = self.gpu.info
-        warn_if_software(i)
         soft = ", software" if i["software"] else ""
         return f"wgpu ({i['adapter']}, {i['backend']}, {i['type']}{soft}, {self.dtype})"
 
