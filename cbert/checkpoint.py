@@ -168,8 +168,12 @@ def _class_name(cfg: ModelConfig, heads: tuple[str, ...]) -> str:
 def _labels(cfg: ModelConfig, n: int, source: str, what: str) -> None:
     labels = cfg.id2label
     if not labels:
-        raise CheckpointError(f"{source}: no id2label for the {n} outputs of the {what} (labels are needed to "
-                              f"name predictions)")
+        # Hugging Face's default when config.json says nothing: num_labels (2) labels LABEL_i.
+        default = int(cfg.extra.get("num_labels", 2))
+        if n != default:
+            raise CheckpointError(f"{source}: no id2label for the {n} outputs of the {what} (without one, "
+                                  f"Hugging Face assumes {default} labels LABEL_0..LABEL_{default - 1})")
+        return
     if sorted(labels) != list(range(n)):
         raise CheckpointError(f"{source}: id2label has ids {sorted(labels)}, but the {what} has {n} outputs "
                               f"(expected ids 0..{n - 1})")

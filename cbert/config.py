@@ -151,7 +151,13 @@ class ModelConfig:
 
     @property
     def id2label(self) -> dict[int, str]:
+        """Labels as config.json names them; empty when it names none (see ``labels``)."""
         return {int(k): v for k, v in (self.extra.get("id2label") or {}).items()}
+
+    def labels(self, n: int) -> list[str]:
+        """The names of ``n`` classifier outputs: id2label, or Hugging Face's default LABEL_i."""
+        found = self.id2label
+        return [found.get(i, f"LABEL_{i}") for i in range(n)]
 
 
 # Known checkpoints: used to recognise and describe a checkpoint, never to override it.

@@ -131,7 +131,7 @@ def encoder(b: Builder, cfg: ModelConfig, output_attentions: bool) -> str:
     x = embeddings(b, cfg)
     bias = b.add(Op.MASK_BIAS, ["attention_mask"], "mask_bias")
     template, roles = LAYER_ROLES[cfg.family]
-    n_attn = 0
+    n = 0  # layers run so far: ALBERT runs inner_group_num layers per step, and each one's output is kept
     for i in range(cfg.num_hidden_layers):
         if cfg.family == "albert":
             # One group's weights serve several layers (AlbertTransformer.forward in modeling_albert.py).
@@ -139,11 +139,10 @@ def encoder(b: Builder, cfg: ModelConfig, output_attentions: bool) -> str:
             prefixes = [template.format(g=group, j=j) for j in range(cfg.inner_group_num)]
         else:
             prefixes = [template.format(i=i)]
-        for j, p in enumerate(prefixes):
-            probs = f"attentions.{n_attn}" if output_attentions else None
-            n_attn += 1
-            out = f"hidden_states.{i + 1}" if j == len(prefixes) - 1 else f"L{i}.{j}.out"
-            x = encoder_layer(b, cfg, p, roles, x, bias, f"L{i}.{j}.", probs, out)
+        for p in prefixes:
+            probs = f"attentions.{n}" if output_attentions else None
+            x = encoder_layer(b, cfg, p, roles, x, bias, f"L{n}.", probs, f"hidden_states.{n + 1}")
+            n += 1
     return x
 
 
@@ -197,7 +196,7 @@ def build(cfg: ModelConfig, heads: Heads = Heads(), output_hidden_states: bool =
         # [B, S, 2]; the model splits it into start_logits and end_logits on the host.
         outputs["qa_logits"] = b.linear(x, "qa_outputs", 2, H, "qa_logits")
     if output_hidden_states:
-        outputs.update({f"hidden_states.{i}": f"hidden_states.{i}" for i in range(cfg.num_hidden_layers + 1)})
+        outputs.update({n.output: n.output for n in b.nodes if n.output.startswith("hidden_states.")})
     if output_attentions:
         outputs.update({n.output: n.output for n in b.nodes if n.op is Op.ATTN_PROBS})
     inputs = tuple(i for i in INPUTS if any(i in n.inputs for n in b.nodes))

@@ -139,12 +139,12 @@ class Model:
             a = _as_int_array(value, name)
             if a.ndim == 1 and B == 1:
                 a = a[None]
+            if name == "token_type_ids" and c.type_vocab_size == 0 and a.any():
+                raise InputError(f"token_type_ids holds non-zero values, but a {c.model_type} model has no token types")
             if a.shape != ids.shape:
                 raise InputError(f"{name} has shape {list(a.shape)} but input_ids has {list(ids.shape)}")
             _check_range(a, 0, limit, name, limit_name or "0/1 values")
             out[name] = a
-        if c.type_vocab_size == 0 and out["token_type_ids"].any():
-            raise InputError(f"token_type_ids holds non-zero values, but a {c.model_type} model has no token types")
         if position_ids is None and c.family == "roberta":
             # Positions count real tokens from padding_idx + 1, as create_position_ids_from_input_ids does.
             real = (ids != c.pad_token_id).astype(np.int64)

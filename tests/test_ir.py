@@ -50,7 +50,7 @@ def test_one_qkv_matmul_per_layer_after_folding():
     params = {name: np.zeros(shape, np.float32) for name, shape in expected_shapes(CFG, Heads()).items()}
     folded, p = fold_constants(g, params, concat)
     assert Op.CONCAT not in [n.op for n in folded.nodes]
-    assert p["encoder.layer.0.attention.self.qkv.weight"].shape == (48, 16)
+    assert p["encoder.layer.0.qkv.weight"].shape == (48, 16)
     assert "encoder.layer.0.attention.self.query.weight" not in p  # parts dropped: no second copy kept
     linears = [n for n in folded.nodes if n.op is Op.LINEAR]
     assert len(linears) == 2 * 4  # qkv, attention output, FFN in, FFN out

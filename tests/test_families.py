@@ -1,0 +1,227 @@
+"""Every family x head against transformers (numpy) and every backend against numpy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from conftest import BACKEND_DTYPES, HALF_COSINE, assert_close, min_cosine, write_vocab
+
+import cbert
+
+# name -> (transformers class, config class, config kwargs)
+SMALL = dict(num_hidden_layers=2, vocab_size=97, max_position_embeddings=40)
+FAMILIES = {
+    "distil_mlm": ("DistilBertForMaskedLM", "DistilBertConfig",
+                   dict(dim=48, n_heads=3, n_layers=2, hidden_dim=37, vocab_size=97, max_position_embeddings=40)),
+    "distil_seq": ("DistilBertForSequenceClassification", "DistilBertConfig",
+                   dict(dim=64, n_heads=2, n_layers=1, hidden_dim=80, vocab_size=97, max_position_embeddings=40,
+                        num_labels=3)),
+    "distil_tok": ("DistilBertForTokenClassification", "DistilBertConfig",
+                   dict(dim=48, n_heads=3, n_layers=2, hidden_dim=37, vocab_size=97, max_position_embeddings=40,
+                        num_labels=5)),
+    "distil_qa": ("DistilBertForQuestionAnswering", "DistilBertConfig",
+                  dict(dim=48, n_heads=3, n_layers=2, hidden_dim=37, vocab_size=97, max_position_embeddings=40)),
+    "roberta_mlm": ("RobertaForMaskedLM", "RobertaConfig",
+                    dict(hidden_size=64, num_attention_heads=2, intermediate_size=70, type_vocab_size=1,
+                         pad_token_id=1, **{**SMALL, "max_position_embeddings": 42})),
+    "roberta_seq": ("RobertaForSequenceClassification", "RobertaConfig",
+                    dict(hidden_size=52, num_attention_heads=4, intermediate_size=70, type_vocab_size=1,
+                         pad_token_id=1, num_labels=2, **{**SMALL, "max_position_embeddings": 42})),
+    "roberta_tok": ("RobertaForTokenClassification", "RobertaConfig",
+                    dict(hidden_size=64, num_attention_heads=2, intermediate_size=70, type_vocab_size=1,
+                         pad_token_id=1, num_labels=4, **{**SMALL, "max_position_embeddings": 42})),
+    "roberta_qa": ("RobertaForQuestionAnswering", "RobertaConfig",
+                   dict(hidden_size=64, num_attention_heads=2, intermediate_size=70, type_vocab_size=1,
+                        pad_token_id=1, **{**SMALL, "max_position_embeddings": 42})),
+    "albert_mlm": ("AlbertForMaskedLM", "AlbertConfig",
+                   dict(hidden_size=64, embedding_size=24, num_attention_heads=4, intermediate_size=90,
+                        num_hidden_layers=3, vocab_size=97, max_position_embeddings=40)),
+    "albert_seq": ("AlbertForSequenceClassification", "AlbertConfig",
+                   dict(hidden_size=64, embedding_size=24, num_attention_heads=4, intermediate_size=90,
+                        num_hidden_layers=4, num_hidden_groups=2, vocab_size=97, max_position_embeddings=40,
+                        num_labels=3)),
+    "albert_tok": ("AlbertForTokenClassification", "AlbertConfig",
+                   dict(hidden_size=64, embedding_size=24, num_attention_heads=4, intermediate_size=90,
+                        num_hidden_layers=2, inner_group_num=2, vocab_size=97, max_position_embeddings=40,
+                        num_labels=5)),
+    "albert_qa": ("AlbertForQuestionAnswering", "AlbertConfig",
+                  dict(hidden_size=64, embedding_size=24, num_attention_heads=4, intermediate_size=90,
+                       vocab_size=97, max_position_embeddings=40, num_hidden_layers=2)),
+    "bert_seq": ("BertForSequenceClassification", "BertConfig",
+                 dict(hidden_size=48, num_attention_heads=3, intermediate_size=37, num_labels=3, **SMALL)),
+    "bert_tok": ("BertForTokenClassification", "BertConfig",
+                 dict(hidden_size=48, num_attention_heads=3, intermediate_size=37, num_labels=5, **SMALL)),
+    "bert_qa": ("BertForQuestionAnswering", "BertConfig",
+                dict(hidden_size=48, num_attention_heads=3, intermediate_size=37, **SMALL)),
+}
+
+
+def write_family_checkpoint(folder: str, cls_name: str, cfg_name: str, kwargs: dict, seed: int = 0):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_name)(**kwargs, attn_implementation="eager")
+    model = getattr(transformers, cls_name)(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(folder, safe_serialization=True)
+    write_vocab(folder, kwargs["vocab_size"])
+    return model
+
+
+@pytest.fixture(scope="session")
+def family_checkpoints(tmp_path_factory):
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            folder = str(tmp_path_factory.mktemp(name))
+            cache[name] = (folder, write_family_checkpoint(folder, *FAMILIES[name]))
+        return cache[name]
+
+    return get
+
+
+def family_inputs(name: str, batch: int = 4, seq: int | None = None, seed: int = 0) -> dict:
+    """Padded pair-like inputs; padding uses the family's pad id, as a tokenizer would."""
+    _, cfg_name, kw = FAMILIES[name]
+    pad = kw.get("pad_token_id", 0)
+    max_seq = kw["max_position_embeddings"] - (pad + 1 if cfg_name == "RobertaConfig" else 0)
+    seq = seq or max_seq
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, kw["vocab_size"], size=(batch, seq), dtype=np.int64)
+    mask = np.ones_like(ids)
+    for b in range(1, batch):
+        mask[b, max(1, seq // (b + 1)) if b < batch - 1 else 1:] = 0
+    ids[mask == 0] = pad
+    out = {"input_ids": ids, "attention_mask": mask}
+    if cfg_name in ("BertConfig", "AlbertConfig"):
+        types = np.zeros_like(ids)
+        for b in range(batch):
+            n = int(mask[b].sum())
+            types[b, n // 2:n] = 1
+        out["token_type_ids"] = types
+    return out
+
+
+def _torch(inputs: dict) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_matches_transformers(family_checkpoints, name):
+    import torch
+
+    folder, hf = family_checkpoints(name)
+    inputs = family_inputs(name)
+    model = cbert.load(folder, backend="numpy")
+    assert model.checkpoint.architecture == FAMILIES[name][0]
+    got = model.forward(**inputs, output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        ref = hf(**_torch(inputs), output_hidden_states=True, output_attentions=True, return_dict=True)
+    for key in ("logits", "start_logits", "end_logits"):
+        if ref.get(key) is not None:
+            assert_close(got[key], ref[key].numpy(), key)
+    assert len(got.hidden_states) == len(ref.hidden_states)
+    for i, (g, w) in enumerate(zip(got.hidden_states, ref.hidden_states)):
+        assert_close(g, w.numpy(), f"hidden_states[{i}]")
+    assert len(got.attentions) == len(ref.attentions)
+    for i, (g, w) in enumerate(zip(got.attentions, ref.attentions)):
+        assert_close(g, w.numpy(), f"attentions[{i}]")
+    assert_close(got.last_hidden_state, ref.hidden_states[-1].numpy(), "last_hidden_state")
+
+
+@pytest.mark.parametrize("backend,dtype", [bd for bd in BACKEND_DTYPES if bd[0] != "numpy"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_backend_matches_numpy(family_checkpoints, name, backend, dtype):
+    folder, _ = family_checkpoints(name)
+    inputs = family_inputs(name, batch=3, seed=1)
+    want = cbert.load(folder, backend="numpy").forward(**inputs, output_hidden_states=True)
+    got = cbert.load(folder, backend=backend, dtype=dtype).forward(**inputs, output_hidden_states=True)
+    assert set(got) == set(want)
+    mask = inputs["attention_mask"].astype(bool)
+    for key, w in want.items():
+        for i, (g, ww) in enumerate(zip(got[key], w) if key == "hidden_states" else [(got[key], w)]):
+            label = f"{key}[{i}]" if key == "hidden_states" else key
+            if dtype == "float32":
+                assert_close(g, ww, label)
+                continue
+            assert np.isfinite(g).all(), f"{label}: NaN/inf in {dtype}"
+            if g.ndim == 3:
+                g, ww = g[mask], ww[mask]
+            elif g.ndim == 2 and g.shape == mask.shape:  # start/end logits per token
+                g, ww = g[:, None, :].reshape(len(g), -1), ww.reshape(len(ww), -1)
+            cos = min_cosine(g, ww)
+            assert cos >= HALF_COSINE, f"{label}: min cosine {cos:.5f} in {dtype}"
+
+
+def test_roberta_positions_start_after_padding_idx(family_checkpoints):
+    folder, hf = family_checkpoints("roberta_tok")
+    model = cbert.load(folder, backend="numpy")
+    assert model.config.max_seq_len == 40
+    with pytest.raises(cbert.InputError, match="more than the model's maximum of 40"):
+        model.forward(np.full((1, 41), 5))
+
+
+def test_distilbert_has_no_token_types(family_checkpoints):
+    folder, _ = family_checkpoints("distil_tok")
+    model = cbert.load(folder, backend="numpy")
+    assert model.forward([[5, 6]], token_type_ids=[[0, 0]]).logits.shape == (1, 2, 5)
+    with pytest.raises(cbert.InputError, match="a distilbert model has no token types"):
+        model.forward([[5, 6]], token_type_ids=[[0, 1]])
+
+
+def test_medicalai_clinicalbert_layout_loads_as_distilbert(family_checkpoints, tmp_path):
+    """medicalai/ClinicalBERT's config.json says DistilBertForMaskedLM: it must run as one."""
+    folder, hf = family_checkpoints("distil_mlm")
+    model = cbert.load(folder, backend="numpy")
+    assert model.config.family == "distilbert" and model.checkpoint.architecture == "DistilBertForMaskedLM"
+    assert set(model.forward([[5, 6, 7]])) == {"last_hidden_state", "logits"}
+
+
+def test_unsupported_architecture_and_missing_labels(family_checkpoints, tmp_path):
+    folder, _ = family_checkpoints("bert_seq")
+    dst = tmp_path / "ck"
+    shutil.copytree(folder, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["architectures"] = ["BertForMultipleChoice"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(cbert.CheckpointError, match=r"'BertForMultipleChoice' is not supported; cbert runs"):
+        cbert.load(dst, backend="numpy")
+    cfg["architectures"] = ["BertForSequenceClassification"]
+    del cfg["id2label"], cfg["label2id"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(cbert.CheckpointError, match=r"no id2label for the 3 outputs of the sequence classifier "
+                                                    r"\(without one, Hugging Face assumes 2 labels"):
+        cbert.load(dst, backend="numpy")
+    cfg["id2label"] = {"0": "A", "1": "B"}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(cbert.CheckpointError, match=r"id2label has ids \[0, 1\], but the sequence classifier has 3"):
+        cbert.load(dst, backend="numpy")
+    cfg["architectures"] = ["RobertaForSequenceClassification"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(cbert.CheckpointError, match=r"'RobertaForSequenceClassification' is a roberta class but "
+                                                    r"model_type = 'bert'"):
+        cbert.load(dst, backend="numpy")
+
+
+def test_architecture_inferred_from_tensors_when_config_names_none(family_checkpoints, tmp_path):
+    for name in ("bert_seq", "bert_tok", "distil_qa", "roberta_seq", "albert_mlm"):
+        folder, _ = family_checkpoints(name)
+        dst = tmp_path / name
+        shutil.copytree(folder, dst)
+        cfg = json.loads((dst / "config.json").read_text())
+        del cfg["architectures"]
+        (dst / "config.json").write_text(json.dumps(cfg))
+        assert cbert.load(dst, backend="numpy").checkpoint.architecture == FAMILIES[name][0]
