@@ -1,4 +1,4 @@
-"""The ``cbert`` command line: embed, fill-mask, info, devices.
+"""The ``cbert`` command line: embed, fill-mask, classify, ner, qa, info, devices.
 
 Every error a user can cause (a bad path, a bad checkpoint, a bad input, a backend that
 is not installed) is one line on stderr and exit status 2.
@@ -103,7 +103,8 @@ def cmd_embed(args) -> int:
     texts = read_texts(args.texts)
     model = _load(args)
     vectors = model.embed(texts, pooling=pooling, normalize=normalize, batch_size=args.batch_size,
-                          truncation=args.truncate, progress=len(texts) > args.batch_size)
+                          truncation=args.truncate, window_aggregation=args.window_aggregation, stride=args.stride,
+                          progress=len(texts) > args.batch_size)
     print(f"{model!r}: {len(texts)} text(s) -> {list(vectors.shape)}, pooling={pooling}, normalize={normalize}",
           file=sys.stderr)
     if args.out:
@@ -124,6 +125,29 @@ def cmd_fill_mask(args) -> int:
             print(f"[MASK] #{i + 1}")
         for r in group:
             print(f"{r['score']:.4f}  {r['token_str']:<15}  {r['sequence']}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    model = _load(args)
+    results = model.classify(read_texts(args.texts), top_k=None if args.all_labels else 1,
+                             aggregation=args.aggregation, stride=args.stride)
+    for r in results:
+        print(json.dumps(r))
+    return 0
+
+
+def cmd_ner(args) -> int:
+    model = _load(args)
+    for entities in model.ner(read_texts(args.texts), stride=args.stride):
+        print(json.dumps(entities))
+    return 0
+
+
+def cmd_qa(args) -> int:
+    model = _load(args)
+    context = read_texts([args.context])
+    print(json.dumps(model.qa(args.question, "\n".join(context), top_k=args.top_k, stride=args.stride)))
     return 0
 
 
@@ -196,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalize each vector (default: what a sentence-transformers folder declares, else no)")
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--truncate", action="store_true", help="cut texts longer than the model's max positions")
+    e.add_argument("--truncate", action="store_true",
+                   help="cut texts longer than the model's max positions (default: split them into windows)")
+    e.add_argument("--stride", type=int, default=None,
+                   help="overlap in tokens between the windows of a long text (default 128, at most half a window)")
+    e.add_argument("--window-aggregation", choices=["mean", "max", "first"], default="mean",
+                   help="how a long text's window vectors combine into one")
     e.add_argument("--out", help="write the [n, hidden] float32 array to this .npy file instead of stdout")
     e.set_defaults(func=cmd_embed)
 
@@ -205,6 +234,32 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(f, required=True)
     f.add_argument("--top-k", type=int, default=5)
     f.set_defaults(func=cmd_fill_mask)
+
+    stride_help = "overlap in tokens between the windows of a long note (default 128, at most half a window)"
+    c = sub.add_parser("classify", help="label each text (one JSON object per line)", description=(
+        "Classify texts with a sequence-classification checkpoint; labels come from config.json's id2label. "
+        "Each argument is a text, a file of texts (one per line) or -. Long notes are split into windows."))
+    c.add_argument("texts", nargs="+")
+    model_args(c, required=True)
+    c.add_argument("--aggregation", choices=["mean", "max", "vote"], default="mean",
+                   help="how a long note's window probabilities combine (vote: Huang's readmission score)")
+    c.add_argument("--all-labels", action="store_true", help="print every label's score, best first")
+    c.add_argument("--stride", type=int, default=None, help=stride_help)
+    c.set_defaults(func=cmd_classify)
+
+    n = sub.add_parser("ner", help="entity spans with character offsets (one JSON list per text)")
+    n.add_argument("texts", nargs="+")
+    model_args(n, required=True)
+    n.add_argument("--stride", type=int, default=None, help=stride_help)
+    n.set_defaults(func=cmd_ner)
+
+    q = sub.add_parser("qa", help="the answer span to a question in a context (JSON)")
+    model_args(q, required=True)
+    q.add_argument("--question", required=True)
+    q.add_argument("--context", required=True, help="the context text, or a UTF-8 file holding it")
+    q.add_argument("--top-k", type=int, default=1)
+    q.add_argument("--stride", type=int, default=None, help=stride_help)
+    q.set_defaults(func=cmd_qa)
 
     i = sub.add_parser("info", help="describe a checkpoint: family, shapes, parameters, heads, tokenizer casing")
     i.add_argument("model", metavar="DIR")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from . import tasks
 from .backends import get_backend
 from .backends.numpy_backend import NumpyExecutable
 from .checkpoint import Checkpoint, load_checkpoint
@@ -17,7 +17,6 @@ from .ir import Graph
 from .tokenizer import Tokenizer
 
 MLM_MODES = ("auto", "in_graph", "host")
-POOLINGS = ("cls", "mean", "max")
 
 
 class ModelOutput(dict):
@@ -66,6 +65,7 @@ class Model:
         if self._tokenizer is None:
             self._tokenizer = Tokenizer.from_folder(
                 self._tokenizer_folder, self.config.max_seq_len, self.config.pad_token_id)
+            self._tokenizer.type_vocab_size = self.config.type_vocab_size
         return self._tokenizer
 
     def stats(self) -> dict:
@@ -207,34 +207,35 @@ class Model:
     # -- tasks -----------------------------------------------------------------------------
 
     def embed(self, texts, pooling: str = "mean", normalize: bool = False, batch_size: int = 32,
-              truncation: bool = False, progress: bool = False) -> np.ndarray:
-        """One vector per text: [n, hidden] float32."""
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r}; choose one of {', '.join(POOLINGS)}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}; expected a positive integer")
-        encs = self.tokenizer.encode(texts, truncation=truncation)
-        # Batch texts of similar length together so padding costs little; restore order after.
-        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
-        result = np.empty((len(encs), self.config.hidden_size), dtype=np.float32)
-        n_batches = (len(encs) + batch_size - 1) // batch_size
-        for b in range(n_batches):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            batch = self.tokenizer.pad([encs[i] for i in idx])
-            hidden = self.forward(**batch).last_hidden_state
-            result[idx] = pool(hidden, batch["attention_mask"], pooling)
-            if progress:
-                print(f"\rembedding: batch {b + 1}/{n_batches}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
-        if normalize:
-            result /= np.maximum(np.linalg.norm(result, axis=1, keepdims=True), np.float32(1e-12))
-        return result
+              truncation: bool = False, window_aggregation: str = "mean", stride: int | None = None,
+              progress: bool = False) -> np.ndarray:
+        """One vector per text: [n, hidden] float32. A text longer than the model's positions is
+        split into windows overlapping by ``stride`` tokens (default: 128, at most half a window) whose
+        vectors are combined by
+        ``window_aggregation`` (mean, max, first); ``truncation=True`` cuts it instead."""
+        return tasks.embed(self, texts, pooling, normalize, batch_size, truncation, window_aggregation, stride,
+                           progress)
+
+    def classify(self, texts, top_k: int | None = 1, aggregation: str = "mean", stride: int | None = None,
+                 batch_size: int = 32, function_to_apply: str | None = None):
+        """Labels and scores as Hugging Face's text-classification pipeline gives them; a long note's
+        window probabilities are combined by ``aggregation``: mean, max, or vote (Huang's readmission score)."""
+        return tasks.classify(self, texts, top_k, aggregation, stride, batch_size, function_to_apply)
+
+    def ner(self, texts, stride: int | None = None, batch_size: int = 32):
+        """Entity spans with character offsets (Hugging Face's aggregation_strategy="simple")."""
+        return tasks.ner(self, texts, stride, batch_size)
+
+    def qa(self, question: str, context: str, top_k: int = 1, max_answer_len: int = 15,
+           stride: int | None = None, batch_size: int = 32):
+        """The best answer span in ``context``: {score, start, end, answer}."""
+        return tasks.qa(self, question, context, top_k, max_answer_len, stride, batch_size)
 
     def fill_mask(self, text: str, top_k: int = 5) -> list:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
         if not self.checkpoint.loaded.mlm:
-            raise ValueError(f"{self.checkpoint.weights_file}: fill-mask needs a masked-LM head (cls.predictions.*)")
+            raise ValueError(f"{self.checkpoint.weights_file}: fill-mask needs a masked-LM head; this checkpoint "
+                             f"is a {self.checkpoint.architecture}")
         tok = self.tokenizer
         batch = tok([text])
         ids = batch["input_ids"][0]
@@ -252,19 +253,10 @@ class Model:
             for t in top:
                 filled = ids.copy()
                 filled[pos] = t
-                cands.append({"score": float(p[t]), "token": int(t), "token_str": tok.decode([t]),
-                              "sequence": tok.decode(filled)})
+                cands.append({"score": float(p[t]), "token": int(t),
+                              "token_str": tok.decode([t], skip_special_tokens=False), "sequence": tok.decode(filled)})
             results.append(cands)
         return results[0] if len(results) == 1 else results
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
-    if pooling == "cls":
-        return hidden[:, 0]
-    m = mask[..., None].astype(np.float32)
-    if pooling == "mean":
-        return (hidden * m).sum(1) / np.maximum(m.sum(1), np.float32(1e-9))
-    return np.where(m > 0, hidden, np.float32(-1e9)).max(1)
 
 
 def _as_int_array(x, name: str) -> np.ndarray:

@@ -47,14 +47,25 @@ class Tokenizer:
 
     def __init__(self, tokenizer: HFTokenizer, max_length: int, casing: str, pad_id: int = 0):
         self._tok = tokenizer
+        # A model without token types (DistilBERT) takes no token_type_ids, as its HF tokenizer gives
+        # none; a model with one type (RoBERTa) takes zeros whatever the pair template says.
+        self.type_vocab_size = 2
         self._tok.no_truncation()
         self._tok.no_padding()
         self.max_length = max_length
         self.casing = casing
-        pad = tokenizer.token_to_id("[PAD]")
+        # BERT's specials, or RoBERTa's where the vocabulary has those instead.
+        def special(*names: str) -> tuple[str | None, int | None]:
+            for n in names:
+                if tokenizer.token_to_id(n) is not None:
+                    return n, tokenizer.token_to_id(n)
+            return None, None
+
+        pad = special("[PAD]", "<pad>")[1]
         self.pad_token_id = pad if pad is not None else pad_id
-        self.mask_token = "[MASK]"
-        self.mask_token_id = tokenizer.token_to_id("[MASK]")
+        self.mask_token, self.mask_token_id = special("[MASK]", "<mask>")
+        self.cls_token_id = special("[CLS]", "<s>")[1]
+        self.unk_token_id = special("[UNK]", "<unk>")[1]
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_length: int, pad_id: int = 0) -> Tokenizer:
@@ -94,8 +105,14 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def encode(self, texts, text_pair=None, truncation: bool = False, max_length: int | None = None):
-        """The raw ``tokenizers`` encodings (ids, offsets, word ids), length-checked."""
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        decoder = self._tok.decoder
+        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+
+    def encode(self, texts, text_pair=None, truncation: bool = False, max_length: int | None = None,
+               check_length: bool = True):
+        """The raw ``tokenizers`` encodings (ids, offsets, special-token masks), length-checked
+        unless the caller windows long texts itself (``check_length=False``)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -120,7 +137,7 @@ class Tokenizer:
             encs = self._tok.encode_batch(batch)
         finally:
             self._tok.no_truncation()
-        for i, e in enumerate(encs):
+        for i, e in enumerate(encs if check_length else ()):
             if len(e.ids) > limit:
                 raise InputError(
                     f"texts[{i}] is {len(e.ids)} tokens long, more than the model's maximum of {limit} "
@@ -141,4 +158,12 @@ class Tokenizer:
             ids[i, :k] = e.ids
             types[i, :k] = e.type_ids
             mask[i, :k] = 1
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+        return self.model_inputs({"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
+
+    def model_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Token types as the model takes them: none, zeros, or as encoded."""
+        if self.type_vocab_size == 0:
+            del batch["token_type_ids"]
+        elif self.type_vocab_size == 1:
+            batch["token_type_ids"][:] = 0
+        return batch

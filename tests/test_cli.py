@@ -93,7 +93,8 @@ def test_devices():
     (("info", "/nonexistent/model"), "no such checkpoint folder"),
     (("embed", "--model", "{minilm}", "--backend", "numpy", "--dtype", "float16", "hi"), "does not run dtype"),
     (("fill-mask", "--model", "{minilm}", "a [MASK]"), "needs a masked-LM head"),
-    (("embed", "--model", "{minilm}", "word " * 600), "more than the model's maximum of 512"),
+    (("embed", "--model", "{minilm}", "--batch-size", "0", "hi"), "batch_size=0"),
+    (("embed", "--model", "{minilm}", "--stride", "600", "word " * 600), "stride=600: expected 0 <= stride < 510"),
 ])
 def test_errors_are_one_line_and_exit_2(minilm, args, message):
     r = run(*(a.replace("{minilm}", minilm) for a in args))

@@ -14,15 +14,20 @@ import cbert
 
 # name -> (transformers class, config class, config kwargs)
 SMALL = dict(num_hidden_layers=2, vocab_size=97, max_position_embeddings=40)
+# Token classifiers get clinical BIO labels, so NER results have entities to group.
+BIO = dict(id2label={0: "O", 1: "B-PROBLEM", 2: "I-PROBLEM", 3: "B-TREATMENT", 4: "I-TREATMENT"})
+BIO["label2id"] = {v: k for k, v in BIO["id2label"].items()}
+SEQ_LABELS = dict(id2label={0: "NO_READMISSION", 1: "READMISSION", 2: "DECEASED"})
+SEQ_LABELS["label2id"] = {v: k for k, v in SEQ_LABELS["id2label"].items()}
 FAMILIES = {
     "distil_mlm": ("DistilBertForMaskedLM", "DistilBertConfig",
                    dict(dim=48, n_heads=3, n_layers=2, hidden_dim=37, vocab_size=97, max_position_embeddings=40)),
     "distil_seq": ("DistilBertForSequenceClassification", "DistilBertConfig",
                    dict(dim=64, n_heads=2, n_layers=1, hidden_dim=80, vocab_size=97, max_position_embeddings=40,
-                        num_labels=3)),
+                        **SEQ_LABELS)),
     "distil_tok": ("DistilBertForTokenClassification", "DistilBertConfig",
                    dict(dim=48, n_heads=3, n_layers=2, hidden_dim=37, vocab_size=97, max_position_embeddings=40,
-                        num_labels=5)),
+                        **BIO)),
     "distil_qa": ("DistilBertForQuestionAnswering", "DistilBertConfig",
                   dict(dim=48, n_heads=3, n_layers=2, hidden_dim=37, vocab_size=97, max_position_embeddings=40)),
     "roberta_mlm": ("RobertaForMaskedLM", "RobertaConfig",
@@ -52,9 +57,9 @@ FAMILIES = {
                   dict(hidden_size=64, embedding_size=24, num_attention_heads=4, intermediate_size=90,
                        vocab_size=97, max_position_embeddings=40, num_hidden_layers=2)),
     "bert_seq": ("BertForSequenceClassification", "BertConfig",
-                 dict(hidden_size=48, num_attention_heads=3, intermediate_size=37, num_labels=3, **SMALL)),
+                 dict(hidden_size=48, num_attention_heads=3, intermediate_size=37, **SEQ_LABELS, **SMALL)),
     "bert_tok": ("BertForTokenClassification", "BertConfig",
-                 dict(hidden_size=48, num_attention_heads=3, intermediate_size=37, num_labels=5, **SMALL)),
+                 dict(hidden_size=48, num_attention_heads=3, intermediate_size=37, **BIO, **SMALL)),
     "bert_qa": ("BertForQuestionAnswering", "BertConfig",
                 dict(hidden_size=48, num_attention_heads=3, intermediate_size=37, **SMALL)),
 }

@@ -93,12 +93,33 @@ def test_embed_equals_pooling_of_transformers_output(minilm, hf, pooling):
     assert_close(normed, want / np.linalg.norm(want, axis=1, keepdims=True), "normalized")
 
 
-def test_long_text_is_an_error_unless_truncation_is_asked(minilm):
+def test_long_note_is_windowed_never_truncated(minilm):
     model = cbert.load(minilm, backend="numpy")
-    note = "The patient was seen in clinic today. " * 80
-    with pytest.raises(cbert.InputError, match=r"texts\[1\] is \d+ tokens long, more than the model's maximum of 512"):
-        model.embed(["short", note])
-    cut = model.tokenizer([note], truncation=True)
-    assert cut["input_ids"].shape == (1, 512)
-    assert cut["input_ids"][0, -1] == model.tokenizer.token_to_id("[SEP]")
-    assert model.embed([note], truncation=True).shape == (1, 384)
+    note = "The patient was seen in clinic today for follow-up of CHF. " * 70
+    with pytest.raises(cbert.InputError, match=r"texts\[0\] is \d+ tokens long, more than the model's maximum of 512"):
+        model.tokenizer([note])  # the tokenizer alone never cuts a text silently
+    ids = model.tokenizer.encode([note], check_length=False)[0].ids
+    content, n = ids[1:-1], len(ids) - 2
+    assert n > 2 * 510 - 64
+    # By hand: windows of 510 text tokens between [CLS] and [SEP], overlapping by 64.
+    starts = [0, 446, 892]
+    assert starts[-1] + 510 >= n and starts[-2] + 510 < n
+    vecs = []
+    for s in starts:
+        w = [ids[0], *content[s:s + 510], ids[-1]]
+        vecs.append(model.forward([w]).last_hidden_state[0].mean(0))
+    for how, want in (("mean", np.mean(vecs, 0)), ("max", np.max(vecs, 0)), ("first", vecs[0])):
+        got = model.embed([note], pooling="mean", stride=64, window_aggregation=how)
+        assert_close(got[0], want, f"window_aggregation={how}", 1e-5)
+    cut = model.embed([note], truncation=True)
+    assert_close(cut[0], model.forward([ids[:511] + ids[-1:]]).last_hidden_state[0].mean(0), "truncation", 1e-5)
+
+
+def test_short_text_windowed_equals_unwindowed(minilm):
+    model = cbert.load(minilm, backend="numpy")
+    batch = model.tokenizer(CLINICAL)
+    hidden = model.forward(**batch).last_hidden_state
+    m = batch["attention_mask"][..., None]
+    want = (hidden * m).sum(1) / m.sum(1)
+    for how in ("mean", "max", "first"):
+        assert_close(model.embed(CLINICAL, window_aggregation=how, stride=0), want, how, 1e-5)
