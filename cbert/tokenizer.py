@@ -90,7 +90,22 @@ class Tokenizer:
                 warnings.warn(f"{folder}: {said}", stacklevel=3)
             tok = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)._tokenizer
             return cls(tok, max_length, ("uncased" if lowercase else "cased") + f" ({said})", pad_id)
-        raise CheckpointError(f"{folder}: no tokenizer.json or vocab.txt")
+        merges = folder / "merges.txt"
+        if (folder / "vocab.json").is_file() and merges.is_file():
+            # RoBERTa's byte-level BPE, with its <s> ... </s></s> ... </s> template, as RobertaTokenizerFast builds it.
+            from tokenizers import processors
+            from tokenizers.implementations import ByteLevelBPETokenizer
+
+            tok = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(merges), add_prefix_space=False,
+                                        trim_offsets=True)._tokenizer
+            ids = {t: tok.token_to_id(t) for t in ("<s>", "</s>")}
+            if None in ids.values():
+                raise CheckpointError(f"{folder / 'vocab.json'}: a byte-level BPE vocabulary without <s> and </s>")
+            tok.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]),
+                                                              trim_offsets=True, add_prefix_space=False)
+            return cls(tok, max_length, "cased (byte-level BPE from vocab.json + merges.txt)", pad_id)
+        raise CheckpointError(f"{folder}: no tokenizer.json, vocab.txt (WordPiece) or vocab.json + merges.txt "
+                              "(byte-level BPE)")
 
     @property
     def vocab_size(self) -> int:

@@ -84,8 +84,26 @@ def test_pairs_padding_and_dtypes(checkpoints):
 
 
 def test_missing_tokenizer_files(tmp_path):
-    with pytest.raises(cbert.CheckpointError, match="no tokenizer.json or vocab.txt"):
+    with pytest.raises(cbert.CheckpointError, match="no tokenizer.json, vocab.txt"):
         Tokenizer.from_folder(tmp_path, 512)
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(cbert.CheckpointError, match=r"tokenizer.json: cannot be read by tokenizers"):
         Tokenizer.from_folder(tmp_path, 512)
+
+
+def test_byte_level_bpe_from_vocab_json_and_merges(tmp_path):
+    """A RoBERTa snapshot without tokenizer.json: vocab.json + merges.txt, as RobertaTokenizer reads them."""
+    import transformers
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    trainer = ByteLevelBPETokenizer()
+    corpus = ["Pt w/ CHF, COPD; BP 132/84 on lasix 40mg IV BID.", "Patient denies chest pain, fever or cough."] * 20
+    trainer.train_from_iterator(corpus, vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    trainer.save_model(str(tmp_path))
+    tok = Tokenizer.from_folder(tmp_path, 512)
+    hf = transformers.RobertaTokenizer(vocab=str(tmp_path / "vocab.json"), merges=str(tmp_path / "merges.txt"))
+    for t in TEXTS + ["Lasix 40mg IV BID for CHF"]:
+        assert tok([t])["input_ids"][0].tolist() == hf(t)["input_ids"], t
+    pair = tok(["Patient denies"], text_pair=["chest pain"])["input_ids"][0].tolist()
+    assert pair == hf("Patient denies", "chest pain")["input_ids"]
+    assert tok.mask_token == "<mask>" and tok.pad_token_id == 1
