@@ -63,18 +63,19 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((num / np.maximum(den, 1e-30)).min())
 
 
-def _write_checkpoint(folder: str, cls_name: str, kwargs: dict, seed: int = 0):
+def write_checkpoint(folder: str, cls_name: str, kwargs: dict, seed: int = 0, config_name: str = "BertConfig"):
+    """A random-weight transformers checkpoint (safetensors) with a WordPiece vocab.txt; returns the model."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(**kwargs, attn_implementation="eager")
+    cfg = getattr(transformers, config_name)(**kwargs, attn_implementation="eager")
     model = getattr(transformers, cls_name)(cfg).eval()
     # Random init leaves LayerNorm at identity and biases at zero; perturb them so the
     # test sees every parameter.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
+            if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -110,7 +111,7 @@ def checkpoints(tmp_path_factory):
         if name not in cache:
             cls_name, kwargs = SHAPES[name]
             folder = str(tmp_path_factory.mktemp(name))
-            cache[name] = (folder, _write_checkpoint(folder, cls_name, kwargs))
+            cache[name] = (folder, write_checkpoint(folder, cls_name, kwargs))
         return cache[name]
 
     return get

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 
 import numpy as np
 import pytest
-from conftest import BACKEND_DTYPES, HALF_COSINE, assert_close, min_cosine, write_vocab
+from conftest import BACKEND_DTYPES, HALF_COSINE, assert_close, min_cosine, write_checkpoint
 
 import cbert
 
@@ -65,24 +64,6 @@ FAMILIES = {
 }
 
 
-def write_family_checkpoint(folder: str, cls_name: str, cfg_name: str, kwargs: dict, seed: int = 0):
-    import torch
-    import transformers
-
-    torch.manual_seed(seed)
-    cfg = getattr(transformers, cfg_name)(**kwargs, attn_implementation="eager")
-    model = getattr(transformers, cls_name)(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save_pretrained(folder, safe_serialization=True)
-    write_vocab(folder, kwargs["vocab_size"])
-    return model
-
-
 @pytest.fixture(scope="session")
 def family_checkpoints(tmp_path_factory):
     cache: dict = {}
@@ -90,7 +71,8 @@ def family_checkpoints(tmp_path_factory):
     def get(name: str):
         if name not in cache:
             folder = str(tmp_path_factory.mktemp(name))
-            cache[name] = (folder, write_family_checkpoint(folder, *FAMILIES[name]))
+            cls_name, config_name, kwargs = FAMILIES[name]
+            cache[name] = (folder, write_checkpoint(folder, cls_name, kwargs, config_name=config_name))
         return cache[name]
 
     return get
