@@ -13,6 +13,7 @@ from conftest import assert_close
 from cbert.backends import numpy_backend
 from cbert.backends.wgpu import WgpuBackend
 from cbert.backends.wgpu.device import Gpu
+from cbert.backends.wgpu.kernels import GEMM_TMS, Lowering
 from cbert.ir import ACTIVATIONS, Graph, Op, node
 
 VOCAB, MAXPOS = 11, 140
@@ -58,6 +59,32 @@ def test_linear_sizes(k, n):
     for batch, seq in ((1, 1), (3, 33), (2, 65)):
         got, want, _ = _run(nodes, shapes, ["y"], _inputs(rng, batch, seq))
         assert_close(got["y"], want["y"], f"linear {batch}x{seq} k={k} n={n}")
+
+
+@pytest.mark.parametrize("tm", GEMM_TMS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_linear_every_row_tile(monkeypatch, tm, dtype):
+    """Each row-tile variant of gemm.wgsl, whatever the plan would pick, on ragged M, N and K."""
+    monkeypatch.setattr(Lowering, "gemm_rows", staticmethod(lambda M, N: tm))
+    nodes, shapes = _embed(130)
+    nodes.append(node(Op.LINEAR, ["x", "w", "b"], "y", activation="gelu"))
+    shapes |= {"w": (197, 130), "b": (197,)}
+    for batch, seq in ((1, 1), (3, 33), (2, 65)):
+        got, want, _ = _run(nodes, shapes, ["y"], _inputs(np.random.default_rng(tm + seq), batch, seq), dtype)
+        if dtype == "float32":
+            assert_close(got["y"], want["y"], f"linear tm={tm} {batch}x{seq}")
+        else:
+            cos = (got["y"] * want["y"]).sum() / np.linalg.norm(got["y"]) / np.linalg.norm(want["y"])
+            assert cos > 0.999, f"linear f16 tm={tm} {batch}x{seq}: cosine {cos}"
+
+
+def test_gemm_row_tile_choice():
+    # 32 tokens: a 64-row tile would idle half its rows.
+    assert Lowering.gemm_rows(32, 2304) == 32
+    # 256 tokens, BERT-base widths: no padding and a wide enough grid -> 64 rows.
+    assert Lowering.gemm_rows(256, 768) == Lowering.gemm_rows(256, 3072) == 64
+    # A narrow product: too few 64-row workgroups to occupy a GPU.
+    assert Lowering.gemm_rows(128, 64) == 32
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

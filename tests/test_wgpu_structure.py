@@ -10,6 +10,7 @@ from conftest import SHAPES, make_inputs
 
 import cbert
 from cbert.backends.wgpu import WgpuBackend, device
+from cbert.backends.wgpu.kernels import Lowering
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,10 @@ def test_warm_forward_creates_nothing_and_submits_once(model):
     model.forward(**make_inputs(cfg, 4, 17))
     s = model.stats()
     assert (s["buffers_created"], s["pipelines_created"]) == (0, 0)
+    # A shape whose QKV GEMM takes the other row tile: every variant was built at load.
+    assert Lowering.gemm_rows(3 * 20, 3 * cfg["hidden_size"]) != Lowering.gemm_rows(32 * 32, 3 * cfg["hidden_size"])
+    model.forward(**make_inputs(cfg, 32, 32))
+    assert model.stats()["pipelines_created"] == 0
 
 
 def test_only_requested_outputs_are_read_back(model):

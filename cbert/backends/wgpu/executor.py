@@ -78,9 +78,9 @@ class WgpuExecutable:
         self.arenas: dict[tuple, Arena] = {}
         self.plans: dict[tuple, Plan] = {}
         self._ustride = -(-_PARAMS_BYTES // self.gpu.uniform_align) * self.gpu.uniform_align
-        # Warm-up: splitting only repeats kernels, so the smallest shape names every pipeline.
-        for d in self.lowering.lower(infer_shapes(self.graph, self.param_shapes, 1, 1), 1, 1):
-            self._pipeline(d.kernel)
+        # Warm-up: every pipeline a forward of any shape can pick (each GEMM in each row tile).
+        for k in self.lowering.warm_kernels():
+            self._pipeline(k)
         # Drivers may finish compiling at first use (lavapipe JITs then): one 1x1 forward pays it at load.
         ones = np.ones((1, 1), np.int64)
         self({name: ones if name == "attention_mask" else ones * 0 for name in self.graph.inputs})

@@ -15,9 +15,12 @@ from math import ceil, prod
 import numpy as np
 
 from ...ir import ACTIVATIONS, Graph, Node
+from .planner import infer_shapes
 
 ROW_THREADS = 128  # RW in rows.wgsl
-GEMM_TILE = 64  # TM = TN in gemm.wgsl
+GEMM_TN = 64  # TN in gemm.wgsl
+GEMM_TMS = (32, 64)  # the row-tile variants of gemm.wgsl, one pipeline each, all built at warm-up
+GEMM_WIDE_GRID = 32  # fewer 64-row workgroups than this cannot fill even a small GPU: take 32-row tiles
 ATTN_ROWS = 32  # QT in attention.wgsl
 MAX_GROUPS = 65535  # WebGPU's guaranteed maxComputeWorkgroupsPerDimension
 
@@ -163,32 +166,58 @@ class Lowering:
         k = Kernel("rows.wgsl", "first_token", (("H", H), ("ROW_PT", ceil(H / ROW_THREADS))), (), FIRST_BINDINGS)
         return [Dispatch(k, {1: x, 5: y}, (B, xb, 0, yb, 0, 0, 0, S), (ceil(B * H / 256), 1, 1))]
 
+    def gemm_kernel(self, activation: str, tm: int) -> Kernel:
+        # The deepest K step whose two tiles fit workgroup memory: fewer barriers per FLOP.
+        tk = 32 if (tm + GEMM_TN) * 32 * 4 <= self.wg_storage else 16
+        return Kernel("gemm.wgsl", "main", (("TM", tm), ("TK", tk)), (("ACT", ACTIVATIONS.index(activation)),),
+                      GEMM_BINDINGS)
+
+    @staticmethod
+    def gemm_rows(M: int, N: int) -> int:
+        """The row tile for an M x N product: 64 (more FMAs per staged element) unless it leaves
+        32 or more padded rows idle, or gives a GPU too few workgroups to fill it (small M)."""
+        if ceil(M / 64) * 64 - M >= 32 or ceil(M / 64) * ceil(N / GEMM_TN) < GEMM_WIDE_GRID:
+            return 32
+        return 64
+
     def _linear(self, n: Node, shapes: dict, batch: int, seq: int) -> list[Dispatch]:
         x, w, b = n.inputs
         K = shapes[x][-1]
         M = prod(shapes[x][:-1])
         N = self.param_shapes[w][0]
         el = self.el
-        k = Kernel("gemm.wgsl", "main", (), (("ACT", ACTIVATIONS.index(n.kwargs["activation"])),), GEMM_BINDINGS)
-        n_step = self.chunk(N, [K * el], w, GEMM_TILE)
-        m_step = self.chunk(M, [K * el, N * el], n.output, GEMM_TILE)
+        n_step = self.chunk(N, [K * el], w, GEMM_TN)
+        m_step = self.chunk(M, [K * el, N * el], n.output, max(GEMM_TMS))
         out = []
         for m0 in range(0, M, m_step):
             m = min(m_step, M - m0)
             xv, xb = self.view(self.ref(x), m0 * K, m * K, el)
             for n0 in range(0, N, n_step):
                 nn = min(n_step, N - n0)
+                tm = self.gemm_rows(m, nn)
+                k = self.gemm_kernel(n.kwargs["activation"], tm)
                 wv, wb = self.view(self.ref(w), n0 * K, nn * K, el)
                 bv, bb = self.view(self.ref(b), n0, nn, 4)
                 yv, yb = self.view(self.ref(n.output), m0 * N + n0, (m - 1) * N + nn, el)
                 out.append(Dispatch(k, {1: xv, 2: wv, 3: bv, 4: yv}, (m, nn, K, xb, K, wb, bb, yb, N),
-                                    (ceil(nn / GEMM_TILE), ceil(m / GEMM_TILE), 1)))
+                                    (ceil(nn / GEMM_TN), ceil(m / tm), 1)))
         return out
+
+    def warm_kernels(self) -> list[Kernel]:
+        """Every pipeline any (batch, seq) can use: the 1 x 1 lowering, with each GEMM in every row tile."""
+        out = []
+        for d in self.lower(infer_shapes(self.graph, self.param_shapes, 1, 1), 1, 1):
+            if d.kernel.file == "gemm.wgsl":
+                act = ACTIVATIONS[dict(d.kernel.overrides)["ACT"]]
+                out += [self.gemm_kernel(act, tm) for tm in GEMM_TMS]
+            else:
+                out.append(d.kernel)
+        return list(dict.fromkeys(out))
 
     def _attn_kernel(self, entry: str, hidden: int, heads: int, bindings: tuple) -> Kernel:
         hd = hidden // heads
         # K and V tiles (f32) must fit workgroup memory together.
-        kt = max(1, min(32, self.wg_storage // (8 * hd)))
+        kt = max(1, min(32, self.wg_storage // (32 * ceil(hd / 4))))
         scale = float(np.float32(1.0 / np.sqrt(hd)))
         return Kernel("attention.wgsl", entry, (("HD", hd), ("NH", heads), ("KT", kt), ("SCALE", scale)), (),
                       bindings)
