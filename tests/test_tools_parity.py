@@ -1,0 +1,81 @@
+"""`cbert parity` through a subprocess, and its comparison rule on arrays."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import BACKEND_DTYPES
+
+from cbert.parity import compare
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cbert.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pretrain(checkpoints):
+    return checkpoints("head16_pretrain")[0]
+
+
+def test_every_backend_and_dtype_agrees(pretrain):
+    backends = sorted({b for b, _ in BACKEND_DTYPES})
+    r = run("parity", pretrain, "--backends", ",".join(backends), "--dtypes", "float32,float16")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for output in ("last_hidden_state", "pooler_output", "prediction_logits", "seq_relationship_logits"):
+        assert f"\n{output}\n" in r.stdout
+    for b, d in BACKEND_DTYPES:
+        if d in ("float32", "float16") and (b, d) != ("numpy", "float32"):
+            assert f"{b} {d}" in r.stdout
+    assert "numpy float32    transformers" in r.stdout  # the reference itself, against transformers
+    assert "FAIL" not in r.stdout and "comparisons within tolerance" in r.stdout
+
+
+def test_outside_tolerance_exits_1(pretrain):
+    # numpy and transformers sum in different orders: a zero tolerance cannot hold
+    r = run("parity", pretrain, "--backends", "numpy", "--dtypes", "float32", "--reference", "transformers",
+            "--max-error", "0")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL: scaled max abs error" in r.stdout
+    assert "outside: numpy float32 vs transformers" in r.stdout
+
+
+def test_compare_rule():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    assert compare("logits", ref.copy(), ref, mask, half=False)["ok"]
+    noisy = ref.copy()
+    noisy[1, 4] += 100  # a padded position: not compared
+    assert compare("logits", noisy, ref, mask, half=False)["ok"]
+    flipped = ref.copy()
+    row = flipped[0, 0]
+    row[[row.argmax(), row.argmin()]] = row[[row.argmin(), row.argmax()]]  # a clear top-1 flip
+    m = compare("logits", flipped, ref, mask, half=True, min_cosine=-1)
+    assert not m["ok"] and m["top1"] == pytest.approx(6 / 7) and "top-1 disagreement" in m["why"]
+    # a near-tie may flip either way: not a failure when the reference's margin is within the tolerance
+    tie = np.array([[1.0, 1.0 + 1e-6, 0.0]], np.float32)
+    m = compare("logits", tie[:, [1, 0, 2]], tie, None, half=False)
+    assert m["top1"] == 0.0 and m["ok"]
+    m = compare("last_hidden_state", -ref, ref, mask, half=True)
+    assert not m["ok"] and "cosine" in m["why"] and m["top1"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--backends", "mlx"), "backend='mlx' is not available"),
+    (("--backends", "cuda"), "unknown backend='cuda'"),
+    (("--dtypes", "int8"), "unknown dtype 'int8'"),
+])
+def test_bad_backends(pretrain, tmp_path, args, message):
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nclass B:\n    def find_spec(self, name, *a):\n"
+        "        if name == 'mlx': raise ImportError('No module named mlx')\nsys.meta_path.insert(0, B())\n")
+    r = run("parity", pretrain, *args, env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
