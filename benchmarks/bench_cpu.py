@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +42,7 @@ import transformers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cbert  # noqa: E402
+from cbert.bench import export_onnx, time_engine  # noqa: E402  (shared with `cbert bench`)
 
 CONFIG = dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
               intermediate_size=3072, max_position_embeddings=512)
@@ -56,30 +55,6 @@ def write_checkpoint(folder: str) -> torch.nn.Module:
         warnings.simplefilter("ignore")
         model.save_pretrained(folder, safe_serialization=True)
     return model
-
-
-class _Positional(torch.nn.Module):
-    # The exporter passes inputs positionally; BertModel.forward's order is not stable across versions.
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return out.last_hidden_state, out.pooler_output
-
-
-def export_onnx(model: torch.nn.Module, path: str) -> None:
-    ids = torch.ones(2, 16, dtype=torch.int64)
-    axes = {0: "batch", 1: "seq"}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_Positional(model).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), path,
-                          input_names=["input_ids", "attention_mask", "token_type_ids"],
-                          output_names=["last_hidden_state", "pooler_output"],
-                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
-                                        "last_hidden_state": axes},
-                          opset_version=17, dynamo=False)
 
 
 def make_engines(folder: str, model: torch.nn.Module, names: list[str]) -> dict[str, Callable]:
@@ -116,19 +91,6 @@ def make_engines(folder: str, model: torch.nn.Module, names: list[str]) -> dict[
         else:
             raise SystemExit(f"unknown engine {name!r}")
     return engines
-
-
-def time_engine(run: Callable, inputs: dict, seconds: float) -> tuple[float, np.ndarray]:
-    """Median seconds per forward after warm-up (the first call compiles/traces)."""
-    out = run(inputs)
-    run(inputs)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < seconds and len(times) < 200):
-        t = time.perf_counter()
-        run(inputs)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def main() -> None:
