@@ -163,6 +163,9 @@ def run_bench(path, backends: list[str], dtypes: list[str], batches: list[int], 
     from .backends import backend_class
     from .checkpoint import load_checkpoint
 
+    unknown = [c for c in compare if c not in PEERS]
+    if unknown:
+        raise ValueError(f"--compare {unknown[0]!r}: choose from {', '.join(PEERS)}")
     cfg = load_checkpoint(path).config
     for v, what in [(b, "--batches") for b in batches] + [(s, "--seq") for s in seqs]:
         if v < 1:
