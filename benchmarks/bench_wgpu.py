@@ -1,6 +1,7 @@
 """cbert-wgpu against a peer WebGPU runtime on the same adapter, BERT-base shape, fp32.
 
     python benchmarks/bench_wgpu.py [--shapes 1x32,4x64] [--repeats 3] [--peers tinygrad,ort]
+                                    [--mesa25 ICD_JSON] [--ort-python VENV_PYTHON]
 
 Weights: a random BertModel (vocab 28996, 12 x 768, FFN 3072) written by transformers
 save_pretrained(safe_serialization=True) to a temporary folder; every engine reads that file.
@@ -12,6 +13,15 @@ Peers:
             one-hot product over the vocabulary), which only flatters it.
   ort       onnxruntime-webgpu's WebGpuExecutionProvider on the model exported to ONNX. Its Dawn
             refuses lavapipe from Mesa < 25; the script reports that instead of a number.
+            With --ort-python it runs in a subprocess of that interpreter (a venv holding
+            onnxruntime-webgpu, which installs as the module `onnxruntime` and would otherwise
+            replace the CPU build); that process imports only numpy and onnxruntime.
+
+--mesa25 ICD_JSON points every engine of this run (and the ORT subprocess) at another Vulkan
+driver, e.g. a lavapipe from Mesa >= 25 extracted beside the system's: the script re-executes
+itself with VK_ICD_FILENAMES=ICD_JSON and the driver library's folder first in LD_LIBRARY_PATH
+(where the libdrm it needs lies), so nothing outside this process tree sees it. The json's
+library_path must be absolute.
 
 Also reported: the encoder's GFLOP/s as a share of cbert's best GEMM kernel's GFLOP/s, and
 dispatches per layer.
@@ -20,7 +30,9 @@ dispatches per layer.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +43,7 @@ import numpy as np
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="cbert-xdg-"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cbert  # noqa: E402
-from cbert.backends.wgpu import WgpuBackend  # noqa: E402
-from cbert.ir import Graph, Op, node  # noqa: E402
+# cbert, torch and tinygrad are imported where used: the ORT worker process has only numpy and onnxruntime.
 
 BASE = dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
             max_position_embeddings=512)
@@ -77,6 +86,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_cbert(folder: str, shapes, repeats: int) -> dict:
+    import cbert
+
     model = cbert.load(folder, backend="wgpu", dtype="float32")
     out = {}
     for batch, seq in shapes:
@@ -90,6 +101,9 @@ def bench_cbert(folder: str, shapes, repeats: int) -> dict:
 
 def bench_gemm(batch: int, seq: int, repeats: int) -> float:
     """GFLOP/s of cbert's GEMM kernel alone: a chain of FFN-shaped products minus the embedding that feeds it."""
+    from cbert.backends.wgpu import WgpuBackend
+    from cbert.ir import Graph, Op, node
+
     H, F, chain = BASE["hidden_size"], BASE["intermediate_size"], 4
     rng = np.random.default_rng(0)
     params = {"ln_w": np.ones(H, np.float32), "ln_b": np.zeros(H, np.float32),
@@ -156,25 +170,92 @@ def tinygrad_runner(folder: str):
     return forward, f"tinygrad {Device.DEFAULT}"
 
 
-def ort_runner(folder: str):
-    import onnxruntime as ort
+def export_onnx(folder: str) -> str:
     import torch
     import transformers
+
+    path = str(Path(folder) / "model.onnx")
+    if not os.path.exists(path):
+        bert = transformers.BertModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+        class Encoder(torch.nn.Module):
+            """Calls BertModel by keyword: its positional signature varies across transformers versions."""
+
+            def __init__(self):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids).last_hidden_state
+
+        x = {k: torch.from_numpy(v) for k, v in inputs_for(1, 8).items()}
+        dyn = {k: {0: "batch", 1: "seq"} for k in x}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Encoder().eval(), tuple(x.values()), path, input_names=list(x),
+                              output_names=["last_hidden_state"], dynamic_axes=dyn, dynamo=False)
+    return path
+
+
+def ort_session(path: str):
+    import onnxruntime as ort
 
     if "WebGpuExecutionProvider" not in ort.get_available_providers():
         raise RuntimeError(f"onnxruntime {ort.__version__} has no WebGpuExecutionProvider "
                            f"(pip install onnxruntime-webgpu)")
-    path = str(Path(folder) / "model.onnx")
-    if not os.path.exists(path):
-        model = transformers.BertModel.from_pretrained(folder, attn_implementation="eager").eval()
-        x = {k: torch.from_numpy(v) for k, v in inputs_for(1, 8).items()}
-        dyn = {k: {0: "batch", 1: "seq"} for k in x}
-        torch.onnx.export(model, (x["input_ids"], x["attention_mask"], x["token_type_ids"]), path,
-                          input_names=list(x), output_names=["last_hidden_state"], dynamic_axes=dyn, dynamo=False)
     sess = ort.InferenceSession(path, providers=["WebGpuExecutionProvider"])
     if sess.get_providers()[0] != "WebGpuExecutionProvider":
         raise RuntimeError(f"the session fell back to {sess.get_providers()}")
-    return (lambda inputs: sess.run(["last_hidden_state"], inputs)[0]), f"onnxruntime-webgpu {ort.__version__}"
+    return sess, f"onnxruntime-webgpu {ort.__version__}"
+
+
+def ort_runner(folder: str):
+    sess, label = ort_session(export_onnx(folder))
+    return (lambda inputs: sess.run(["last_hidden_state"], inputs)[0]), label
+
+
+def ort_worker(path: str, shapes: str, repeats: int, out: str) -> None:
+    """Runs in the ORT venv: times each shape, saves its output for the parent's cosine check."""
+    sess, label = ort_session(path)
+    times, outputs = {}, {}
+    for spec in shapes.split(","):
+        x = inputs_for(*(int(v) for v in spec.split("x")))
+        times[spec] = timed(lambda x=x: sess.run(["last_hidden_state"], x), repeats)
+        outputs[spec] = sess.run(["last_hidden_state"], x)[0]
+    np.savez(out + ".npz", **outputs)
+    Path(out + ".json").write_text(json.dumps({"label": label, "times": times}))
+
+
+def ort_subprocess(folder: str, python: str, shapes, repeats: int, ours: dict) -> tuple[str, dict]:
+    """onnxruntime-webgpu from another interpreter's environment; returns (label, {shape: seconds})."""
+    path, out = export_onnx(folder), str(Path(folder) / "ort-result")
+    spec = ",".join(f"{b}x{s}" for b, s in shapes)
+    run = subprocess.run([python, __file__, "--ort-worker", path, "--shapes", spec, "--repeats", str(repeats),
+                          "--out", out], capture_output=True, text=True)
+    if run.returncode != 0:
+        lines = [ln for ln in (run.stderr or run.stdout).splitlines() if ln.strip()]
+        raise RuntimeError(f"{python} exited {run.returncode}: {' | '.join(lines[-3:])[:600]}")
+    result = json.loads(Path(out + ".json").read_text())
+    outputs = np.load(out + ".npz")
+    label = result["label"]
+    for shape in shapes:
+        cos = _cosine(outputs[f"{shape[0]}x{shape[1]}"], ours["ref"][shape])
+        print(f"{label} {shape[0]}x{shape[1]}: same output as cbert (min cosine {cos:.6f})")
+    return label, {shape: result["times"][f"{shape[0]}x{shape[1]}"] for shape in shapes}
+
+
+def use_driver(icd: str) -> None:
+    """Re-executes this script with the Vulkan loader pointed at `icd` (before any driver is loaded)."""
+    icd = os.path.abspath(icd)
+    lib = json.loads(Path(icd).read_text())["ICD"]["library_path"]
+    if not os.path.isabs(lib) or not os.path.exists(lib):
+        raise SystemExit(f"--mesa25: {icd} must name its driver by an absolute, existing library_path (has {lib!r})")
+    if os.environ.get("VK_ICD_FILENAMES") == icd:
+        return
+    env = dict(os.environ, VK_ICD_FILENAMES=icd,
+               LD_LIBRARY_PATH=os.pathsep.join(filter(None, [os.path.dirname(lib), os.environ.get("LD_LIBRARY_PATH")])))
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def main() -> None:
@@ -182,7 +263,17 @@ def main() -> None:
     ap.add_argument("--shapes", default="1x32,4x64")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peers", default="tinygrad,ort")
+    ap.add_argument("--mesa25", metavar="ICD_JSON", help="run every engine on this Vulkan ICD (see above)")
+    ap.add_argument("--ort-python", metavar="PYTHON", help="the interpreter of a venv with onnxruntime-webgpu")
+    ap.add_argument("--ort-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ort_worker:
+        return ort_worker(args.ort_worker, args.shapes, args.repeats, args.out)
+    if args.mesa25:
+        use_driver(args.mesa25)
+    from cbert.backends.wgpu import WgpuBackend
+
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     warnings.simplefilter("ignore", RuntimeWarning)  # the software-adapter notice; printed below instead
     probe = WgpuBackend.probe()
@@ -193,6 +284,11 @@ def main() -> None:
         rows = {shape: {"cbert-wgpu": ours[shape]} for shape in shapes}
         for peer in filter(None, args.peers.split(",")):
             try:
+                if peer == "ort" and args.ort_python:
+                    label, times = ort_subprocess(folder, args.ort_python, shapes, args.repeats, ours)
+                    for shape in shapes:
+                        rows[shape][label] = times[shape]
+                    continue
                 run, label = {"tinygrad": tinygrad_runner, "ort": ort_runner}[peer](folder)
                 for shape in shapes:
                     x = inputs_for(*shape)
