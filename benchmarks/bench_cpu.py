@@ -27,6 +27,12 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=6.0, help="timing budget per engine and shape")
     ap.add_argument("--shapes", default="1x32,8x128", help="batch x seq pairs, comma separated")
     ap.add_argument("--engines", default="mlx,numpy,onnxruntime,torch")
+    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                    help="time each engine in its own process (default): thread pools that spin after a call "
+                         "(OpenMP, OpenBLAS) slow the next engine in a shared process, measured here: numpy's "
+                         "8x128 took 1.56 s next to torch and onnxruntime, 1.30 s alone")
+    ap.add_argument("--folder", help=argparse.SUPPRESS)  # an isolated child reuses the parent's checkpoint
+    ap.add_argument("--dump", help=argparse.SUPPRESS)  # where an isolated child writes its timings and outputs
     return ap.parse_args()
 
 
@@ -93,31 +99,67 @@ def make_engines(folder: str, model: torch.nn.Module, names: list[str]) -> dict[
     return engines
 
 
+def measure(folder: str, model, names: list[str], shapes: list[tuple[int, int]]) -> dict:
+    """(shape, engine) -> (seconds per batch, last_hidden_state), all engines in this process."""
+    engines = make_engines(folder, model, names)
+    results = {}
+    for batch, seq in shapes:
+        rng = np.random.default_rng(batch * 1000 + seq)
+        inputs = {"input_ids": rng.integers(1, CONFIG["vocab_size"], (batch, seq), dtype=np.int64),
+                  "attention_mask": np.ones((batch, seq), dtype=np.int64),
+                  "token_type_ids": np.zeros((batch, seq), dtype=np.int64)}
+        for name, run in engines.items():
+            results[(f"{batch}x{seq}", name)] = time_engine(run, inputs, ARGS.seconds)
+    return results
+
+
+def measure_isolated(folder: str, names: list[str]) -> dict:
+    import subprocess
+
+    results = {}
+    for name in names:
+        dump = os.path.join(folder, f"{name}.npz")
+        cmd = [sys.executable, __file__, "--engines", name, "--no-isolate", "--folder", folder, "--dump", dump,
+               "--threads", str(ARGS.threads), "--seconds", str(ARGS.seconds), "--shapes", ARGS.shapes]
+        subprocess.run(cmd, check=True)
+        with np.load(dump) as z:
+            for key in z.files:
+                if key.endswith(":out"):
+                    shape = key.split(":")[0]
+                    results[(shape, name)] = (float(z[f"{shape}:sec"]), z[key])
+    return results
+
+
 def main() -> None:
     names = ARGS.engines.split(",")
     shapes = [tuple(int(v) for v in s.split("x")) for s in ARGS.shapes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="cbert-bench-") as tmp:
+        folder = ARGS.folder or tmp
+        if ARGS.folder:
+            model = transformers.BertModel.from_pretrained(folder).eval()
+        else:
+            model = write_checkpoint(folder)
+        if ARGS.isolate and len(names) > 1:
+            results = measure_isolated(folder, names)
+        else:
+            results = measure(folder, model, names, shapes)
+        if ARGS.dump:  # a child of an isolated run: hand the figures to the parent
+            np.savez(ARGS.dump, **{f"{shape}:sec": sec for (shape, _), (sec, _) in results.items()},
+                     **{f"{shape}:out": out for (shape, _), (_, out) in results.items()})
+            return
     rows = []
-    with tempfile.TemporaryDirectory(prefix="cbert-bench-") as folder:
-        model = write_checkpoint(folder)
-        engines = make_engines(folder, model, names)
-        for batch, seq in shapes:
-            rng = np.random.default_rng(batch * 1000 + seq)
-            inputs = {"input_ids": rng.integers(1, CONFIG["vocab_size"], (batch, seq), dtype=np.int64),
-                      "attention_mask": np.ones((batch, seq), dtype=np.int64),
-                      "token_type_ids": np.zeros((batch, seq), dtype=np.int64)}
-            results = {}
-            for name, run in engines.items():
-                sec, out = time_engine(run, inputs, ARGS.seconds)
-                results[name] = (sec, out)
-            ref = results.get("torch", next(iter(results.values())))[1]
-            for name, (sec, out) in results.items():
-                err = float(np.abs(out - ref).max())
-                rows.append((f"{batch}x{seq}", name, sec, batch * seq / sec, err))
+    for shape in dict.fromkeys(s for s, _ in results):
+        ref = results.get((shape, "torch"), results[(shape, names[0])])[1]
+        for name in names:
+            sec, out = results[(shape, name)]
+            b, s = (int(v) for v in shape.split("x"))
+            rows.append((shape, name, sec, b * s / sec, float(np.abs(out - ref).max())))
     _print(rows, names)
 
 
 def _print(rows: list[tuple], names: list[str]) -> None:
-    print(f"\nfp32, {ARGS.threads} threads; median of repeated forwards; tok/s = batch*seq / time")
+    where = "each engine in its own process" if ARGS.isolate else "all engines in one process"
+    print(f"\nfp32, {ARGS.threads} threads, {where}; median of repeated forwards; tok/s = batch*seq / time")
     head = (f"{'shape':>7}  {'engine':<12} {'ms/batch':>9} {'tok/s':>8} {'x ort':>6} {'x best(ort,torch)':>17}"
             "  max|diff| vs torch")
     print(head)

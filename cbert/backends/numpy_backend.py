@@ -25,9 +25,19 @@ ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
 ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
             -7.37332916720468e-03, -1.42647390514189e-02)
 
-# GELU over big activations runs in cache-sized chunks, in place: numpy's element-wise
-# passes are memory-bound on [B*S, 4H] arrays, about 4x faster when each chunk fits in L2.
-_CHUNK = 1 << 15
+# Element-wise epilogues (bias, activation) run in place over cache-sized blocks of rows:
+# numpy's element-wise passes are memory-bound on [B*S, 4H] arrays. Measured at 8 x 128 on
+# BERT-base's FFN (1024 x 3072), bias + GELU: 13.2 ms in 16K-float blocks, 10.2 ms in 128K.
+# Spreading the blocks over a thread pool won nothing inside a forward (OpenBLAS's workers
+# still spin on the other core after each GEMM), so it stays on one thread.
+_CHUNK = 1 << 17
+
+
+def _blockwise(fn, y2d: np.ndarray) -> None:
+    """Apply ``fn`` in place to row blocks of ``y2d``."""
+    rows = max(1, _CHUNK // max(1, y2d.shape[1]))
+    for r in range(0, y2d.shape[0], rows):
+        fn(y2d[r:r + rows])
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -44,43 +54,49 @@ def erf(x: np.ndarray) -> np.ndarray:
     return x * p / q
 
 
-def _gelu_inplace(y: np.ndarray) -> None:
-    flat = y.reshape(-1)
-    for s in range(0, flat.size, _CHUNK):
-        x = flat[s : s + _CHUNK]
-        # 0.5 * x * (1 + erf(x / sqrt(2)))
-        e = erf(x * F32(0.7071067811865476))
-        e += F32(1.0)
-        e *= F32(0.5)
-        x *= e
+def _gelu_inplace(x: np.ndarray) -> None:
+    # 0.5 * x * (1 + erf(x / sqrt(2)))
+    e = erf(x * F32(0.7071067811865476))
+    e += F32(1.0)
+    e *= F32(0.5)
+    x *= e
 
 
-def _gelu_tanh_inplace(y: np.ndarray) -> None:
-    flat = y.reshape(-1)
-    for s in range(0, flat.size, _CHUNK):
-        x = flat[s : s + _CHUNK]
-        t = np.tanh(F32(0.7978845608028654) * (x + F32(0.044715) * x * x * x))
-        t += F32(1.0)
-        t *= F32(0.5)
-        x *= t
+def _gelu_tanh_inplace(x: np.ndarray) -> None:
+    t = np.tanh(F32(0.7978845608028654) * (x + F32(0.044715) * x * x * x))
+    t += F32(1.0)
+    t *= F32(0.5)
+    x *= t
 
 
-def activation(y: np.ndarray, name: str) -> np.ndarray:
-    """Apply ``name`` in place where the array is ours to change; returns the result."""
-    if name == "none":
-        return y
-    if name == "gelu":
-        _gelu_inplace(y)
-    elif name == "gelu_tanh":
-        _gelu_tanh_inplace(y)
-    elif name == "relu":
-        np.maximum(y, F32(0), out=y)
-    elif name == "silu":
-        y *= F32(1) / (F32(1) + np.exp(-y))
-    elif name == "tanh":
-        np.tanh(y, out=y)
-    else:
+def _silu_inplace(x: np.ndarray) -> None:
+    x *= F32(1) / (F32(1) + np.exp(-x))
+
+
+_INPLACE = {
+    "none": lambda x: None,
+    "gelu": _gelu_inplace,
+    "gelu_tanh": _gelu_tanh_inplace,
+    "relu": lambda x: np.maximum(x, F32(0), out=x),
+    "silu": _silu_inplace,
+    "tanh": lambda x: np.tanh(x, out=x),
+}
+
+
+def activation(y: np.ndarray, name: str, bias: np.ndarray | None = None) -> np.ndarray:
+    """``act(y + bias)`` computed in place over ``y`` (which must be ours to change); returns it."""
+    if name not in _INPLACE:
         raise ValueError(f"unknown activation {name!r}")
+    act = _INPLACE[name]
+    if bias is None:
+        _blockwise(act, y.reshape(-1, y.shape[-1]))
+        return y
+
+    def epilogue(blk: np.ndarray) -> None:
+        blk += bias
+        act(blk)
+
+    _blockwise(epilogue, y.reshape(-1, y.shape[-1]))
     return y
 
 
@@ -107,9 +123,10 @@ def mask_bias(attention_mask: np.ndarray) -> np.ndarray:
 
 
 def linear(x, w, b, activation_name="none"):
-    y = x @ w.T
-    y += b
-    return activation(y, activation_name)
+    # One 2-D GEMM over all B*S rows: a 3-D x @ w.T runs as B separate GEMMs, 1.3x slower
+    # at 8 x 128 (33.5 vs 25.6 ms for BERT-base's FFN input).
+    y = x.reshape(-1, x.shape[-1]) @ w.T
+    return activation(y, activation_name, bias=b).reshape(*x.shape[:-1], w.shape[0])
 
 
 def _split_heads(qkv: np.ndarray, heads: int):

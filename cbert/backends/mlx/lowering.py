@@ -174,16 +174,19 @@ def mask_bias(p: Precision, attention_mask: mx.array) -> mx.array:
     return mx.where(attention_mask != 0, mx.array(0.0, F32), mx.array(mx.finfo(F32).min, F32))
 
 
-def linear(p: Precision, x: mx.array, w: mx.array, b: mx.array, activation_name: str = "none") -> mx.array:
+def linear(p: Precision, x: mx.array, w: mx.array, b: mx.array, activation_name: str = "none",
+           weight_layout: str = "nk") -> mx.array:
     *lead, k = x.shape
     x2 = x.reshape(-1, k)
     if x2.dtype != p.gemm:
         x2 = x2.astype(p.gemm)
-    # One GEMM with the bias folded in (BLAS beta = 1); w stays [N, K] and goes in
-    # transposed, which BLAS takes without a copy.
-    y = mx.addmm(b, x2, w.T)
+    # One GEMM with the bias folded in (BLAS beta = 1). w is [N, K] as Hugging Face stores it
+    # and goes in transposed, which BLAS takes without a copy; or [K, N] where the executor
+    # stored it so (see backend._kn_weights).
+    wt = w if weight_layout == "kn" else w.T
+    y = mx.addmm(b, x2, wt)
     y = activation(y, activation_name, p.cpu)
-    return _store(p, y.reshape(*lead, w.shape[0]))
+    return _store(p, y.reshape(*lead, wt.shape[1]))
 
 
 def _split_heads(qkv: mx.array, heads: int) -> tuple[mx.array, mx.array, mx.array, int]:
@@ -260,7 +263,7 @@ def concat(arrays: list[mx.array], axis: int) -> mx.array:
 TABLE = {
     Op.EMBED: embed,
     Op.MASK_BIAS: mask_bias,
-    Op.LINEAR: lambda p, x, w, b, activation: linear(p, x, w, b, activation),
+    Op.LINEAR: lambda p, x, w, b, activation, weight_layout="nk": linear(p, x, w, b, activation, weight_layout),
     Op.ATTENTION: attention,
     Op.ATTN_PROBS: attn_probs,
     Op.ATTN_APPLY: attn_apply,
