@@ -134,13 +134,19 @@ def test_family_matches_transformers(family_checkpoints, name):
 def test_family_backend_matches_numpy(family_checkpoints, name, backend, dtype):
     folder, _ = family_checkpoints(name)
     inputs = family_inputs(name, batch=3, seed=1)
-    want = cbert.load(folder, backend="numpy").forward(**inputs, output_hidden_states=True)
-    got = cbert.load(folder, backend=backend, dtype=dtype).forward(**inputs, output_hidden_states=True)
+    want = cbert.load(folder, backend="numpy").forward(**inputs, output_hidden_states=True, output_attentions=True)
+    got = cbert.load(folder, backend=backend, dtype=dtype).forward(**inputs, output_hidden_states=True,
+                                                                   output_attentions=True)
     assert set(got) == set(want)
     mask = inputs["attention_mask"].astype(bool)
+    # Attention probabilities of padded query rows carry no meaning beyond being finite.
+    # Rows are (real query token, head) pairs, compared over the keys.
+    for out in (want, got):
+        out["attentions"] = tuple(a.transpose(0, 2, 1, 3)[mask].reshape(-1, a.shape[-1]) for a in out["attentions"])
     for key, w in want.items():
-        for i, (g, ww) in enumerate(zip(got[key], w) if key == "hidden_states" else [(got[key], w)]):
-            label = f"{key}[{i}]" if key == "hidden_states" else key
+        stacked = key in ("hidden_states", "attentions")
+        for i, (g, ww) in enumerate(zip(got[key], w) if stacked else [(got[key], w)]):
+            label = f"{key}[{i}]" if stacked else key
             if dtype == "float32":
                 assert_close(g, ww, label)
                 continue
