@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import BackendUnavailable, CheckpointError, InputError
+from .errors import BackendUnavailable, CheckpointError, InputError, UsageError
 
 DEFAULT_MODEL_HELP = (
     "all-MiniLM-L6-v2, a general-domain sentence embedder (a real 6-layer BertModel, not clinical) shipped by the "
@@ -22,10 +22,6 @@ DEFAULT_MODEL_HELP = (
     "--model with a ClinicalBERT checkpoint folder (config.json, model.safetensors, vocab.txt or tokenizer.json), "
     "e.g. a local copy of emilyalsentzer/Bio_ClinicalBERT."
 )
-
-
-class UsageError(Exception):
-    """A mistake on the command line that argparse cannot see (a missing file, no default model)."""
 
 
 def default_model_path() -> str:
@@ -286,143 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("devices", help="which backends and devices this machine has")
     d.set_defaults(func=cmd_devices)
+    from .cli_tools import add_tool_parsers
+
     add_tool_parsers(sub)
     return p
-
-
-# -- tools: prepare, download, parity, bench, attention -----------------------------------------
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _ints(value: str, what: str) -> list[int]:
-    try:
-        return [int(v) for v in _csv(value)]
-    except ValueError:
-        raise UsageError(f"{what} {value!r}: expected comma-separated integers, e.g. 1,4,8") from None
-
-
-def _report_prepared(p) -> None:
-    print(f"wrote {p.out}/model.safetensors ({p.tensors} tensors from {p.source}"
-          + (f", {p.renamed} TF-ported names renamed" if p.renamed else "") + "), config.json, tokenizer.json")
-    print(f"architecture: {p.architecture}, {p.parameters:,} parameters")
-    print(f"tokenizer: {p.casing}")
-
-
-def cmd_prepare(args) -> int:
-    from .prepare import prepare
-
-    _report_prepared(prepare(args.src, args.out))
-    return 0
-
-
-def cmd_download(args) -> int:
-    from .hub import download
-
-    _report_prepared(download(args.repo, args.out, revision=args.revision))
-    return 0
-
-
-def cmd_parity(args) -> int:
-    from .bench import progress_bar
-    from .parity import format_table, run_parity
-
-    rows = run_parity(args.model, _csv(args.backends) if args.backends else None, tuple(_csv(args.dtypes)),
-                      args.reference, args.max_error, args.min_cosine, progress=progress_bar)
-    print(format_table(rows))
-    bad = [r for r in rows if not r.ok]
-    print(f"\n{len(rows) - len(bad)}/{len(rows)} comparisons within tolerance"
-          + (f"; outside: {', '.join(sorted({r.candidate + ' vs ' + r.reference for r in bad}))}" if bad else ""))
-    return 1 if bad else 0
-
-
-def cmd_bench(args) -> int:
-    from . import bench
-
-    if args.plot:  # fail before timing anything, not after
-        from .extras import need
-
-        need("matplotlib", "--plot")
-    report = bench.run_bench(args.model, _csv(args.backends), _csv(args.dtypes), _ints(args.batches, "--batches"),
-                             _ints(args.seq, "--seq"), _csv(args.compare), args.seconds, args.runs, args.warmup)
-    print(bench.format_table(report))
-    if args.json:
-        bench.write_json(report, args.json)
-        print(f"wrote {args.json}", file=sys.stderr)
-    if args.plot:
-        bench.plot(report, args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
-
-
-def cmd_attention(args) -> int:
-    from .attention_map import attention_matrix, save_heatmap
-    from .extras import need
-
-    need("matplotlib", "cbert attention")
-    model = _load(args)
-    tokens, matrix, title = attention_matrix(model, args.text, args.layer, args.head)
-    save_heatmap(tokens, matrix, f"{title}  ({model.backend.name} {model.backend.dtype})", args.out)
-    print(f"wrote {args.out}: {title}, {len(tokens)} tokens", file=sys.stderr)
-    return 0
-
-
-def add_tool_parsers(sub) -> None:
-    p = sub.add_parser("prepare", help="turn a Hugging Face snapshot folder into what cbert runs", description=(
-        "SRC: a snapshot folder (model.safetensors, pytorch_model.bin or shards with *.index.json; config.json or "
-        "bert_config.json; tokenizer.json or vocab.txt). OUT gets model.safetensors, config.json and a "
-        "tokenizer.json with the casing the model was trained with. Reading .bin needs a CPU torch: "
-        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"))
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("out", metavar="OUT")
-    p.set_defaults(func=cmd_prepare)
-
-    from .config import PRESETS
-
-    d = sub.add_parser("download", help="download a Hugging Face repository (or a preset) and prepare it",
-                       description=f"REPO: owner/name or a preset ({', '.join(PRESETS)}). Needs cbert[hub].")
-    d.add_argument("repo", metavar="REPO")
-    d.add_argument("out", metavar="OUT")
-    d.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
-    d.set_defaults(func=cmd_download)
-
-    pa = sub.add_parser("parity", help="every backend and dtype against the numpy reference (and transformers)",
-                        description="Exit status 0 when every comparison is within tolerance, 1 when not.")
-    pa.add_argument("model", metavar="MODEL")
-    pa.add_argument("--backends", default=None, help="comma-separated (default: every installed backend)")
-    pa.add_argument("--dtypes", default="float32,float16")
-    pa.add_argument("--reference", default="auto", choices=["auto", "transformers", "none"],
-                    help="also check numpy against transformers (auto: when it is installed)")
-    pa.add_argument("--max-error", type=float, default=1e-4,
-                    help="float32 limit on max|a - b| / max(1, max|ref|)")
-    pa.add_argument("--min-cosine", type=float, default=0.999, help="float16/bfloat16 limit on the smallest cosine")
-    pa.set_defaults(func=cmd_parity)
-
-    b = sub.add_parser("bench", help="encoder throughput across batch sizes and sequence lengths")
-    b.add_argument("model", metavar="MODEL")
-    b.add_argument("--backends", default="numpy")
-    b.add_argument("--dtypes", default="float32")
-    b.add_argument("--batches", default="1,4,8,16,32")
-    b.add_argument("--seq", default="32,128")
-    b.add_argument("--compare", default="", help="peers timed in the same run: onnxruntime,torch")
-    b.add_argument("--runs", type=int, default=5, help="at least this many timed forwards per point (median)")
-    b.add_argument("--seconds", type=float, default=2.0, help="keep timing up to this long per point")
-    b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--json", metavar="FILE")
-    b.add_argument("--plot", metavar="FILE.png", help="tokens/s against batch size (needs cbert[plot])")
-    b.set_defaults(func=cmd_bench)
-
-    a = sub.add_parser("attention", help="heatmap of one layer's attention over the tokens of a text")
-    a.add_argument("model", metavar="MODEL")
-    a.add_argument("text", metavar="TEXT")
-    a.add_argument("--layer", type=int, default=-1, help="0-based; -1: the last")
-    a.add_argument("--head", default="mean", help="a head number or 'mean'")
-    a.add_argument("--out", required=True, metavar="FILE.png")
-    a.add_argument("--backend", default="numpy", choices=["auto", "numpy", "mlx", "wgpu"])
-    a.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    a.set_defaults(func=cmd_attention)
 
 
 def main(argv: list[str] | None = None) -> int:

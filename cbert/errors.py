@@ -15,3 +15,7 @@ class InputError(ValueError):
 
 class BackendUnavailable(ImportError):
     """A backend whose package is not installed or whose device cannot be opened."""
+
+
+class UsageError(ValueError):
+    """A mistake on the command line that argparse cannot see (a missing file, no default model)."""
