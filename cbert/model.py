@@ -51,9 +51,7 @@ class Model:
         self._params = ckpt.params
         self._compiled: dict[tuple, object] = {}
         self._host: dict[str, tuple[str, NumpyExecutable]] = {}
-        folder = ckpt.path
         self._tokenizer: Tokenizer | None = None
-        self._tokenizer_folder = folder
 
     def __repr__(self) -> str:
         c = self.config
@@ -64,7 +62,7 @@ class Model:
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             self._tokenizer = Tokenizer.from_folder(
-                self._tokenizer_folder, self.config.max_seq_len, self.config.pad_token_id)
+                self.checkpoint.path, self.config.max_seq_len, self.config.pad_token_id)
             self._tokenizer.type_vocab_size = self.config.type_vocab_size
         return self._tokenizer
 
