@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -141,3 +143,9 @@ def hf_forward(model, inputs: dict, **kw):
 
     with torch.no_grad():
         return model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, return_dict=True, **kw)
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The ``cbert`` command as a user runs it: a subprocess, output captured."""
+    return subprocess.run([sys.executable, "-m", "cbert.cli", *args], capture_output=True, text=True, input=stdin,
+                          env={**os.environ, **(env or {})}, timeout=300)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from conftest import BACKEND_DTYPES, assert_close
+from conftest import run_cli as _cli
 from test_families import family_checkpoints  # noqa: F401  (the fixture)
 
 import cbert
@@ -241,10 +240,6 @@ def test_task_errors(family_checkpoints, checkpoints):  # noqa: F811
         cbert.load(qa, backend="numpy").qa("", "context")
     with pytest.raises(cbert.InputError, match=r"leaves no room for the text"):
         cbert.load(qa, backend="numpy").qa("history " * 45, "context here")
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "cbert.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_tasks(family_checkpoints):  # noqa: F811

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from conftest import run_cli as run
 
 import cbert
 from cbert.attention_map import attention_matrix
@@ -15,9 +12,6 @@ from cbert.attention_map import attention_matrix
 TEXT = "the patient denies chest pain"
 
 
-def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cbert.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 from conftest import assert_close, hf_forward, make_inputs, write_vocab
+from conftest import run_cli as run
 
 import cbert
-
-
-def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cbert.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, message: str) -> None:
