@@ -121,6 +121,14 @@ def test_layernorm_ops():
         assert min_cosine(got, ref.add_ln(x, r, w, b, 1e-12)) >= 0.999
 
 
+def test_layernorm_statistics_survive_a_large_offset():
+    # The CPU LayerNorm takes its sums as GEMVs; the variance must still be two-pass
+    # (centred first): E[x^2] - E[x]^2 would lose every digit of a spread of 1 around 3000.
+    x, w, b = _r(4, 6, 768) + np.float32(3000.0), _r(768), _r(768)
+    got = _run(F32, Op.LAYERNORM, x, w, b, eps=1e-12)
+    assert_close(got, ref.layernorm(x.copy(), w, b, 1e-12), "layernorm +3000", 1e-3)
+
+
 def test_first_token_and_concat():
     x = _r(3, 4, 5)
     np.testing.assert_array_equal(_run(F32, Op.FIRST_TOKEN, x), ref.first_token(x))
@@ -135,7 +143,7 @@ def _exact_gelu(x: np.ndarray) -> np.ndarray:
     return np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.astype(np.float64)])
 
 
-@pytest.mark.parametrize("cpu", [True, False], ids=["cpu-erfc-f32", "gpu-mx.erf"])
+@pytest.mark.parametrize("cpu", [True, False], ids=["cpu-polynomial-f32", "gpu-mx.erf"])
 def test_gelu_accuracy(cpu):
     x = np.concatenate([np.linspace(-16, 16, 320_001, dtype=np.float32),
                         np.array([0.0, -0.0, 1e-30, -1e-30, 5.41, -5.41, 5.43, -5.43, 13.0, -13.0, 40.0, -40.0,
@@ -242,6 +250,25 @@ def test_compile_cache_does_not_retrace(checkpoints):
     run(a)
     run(b)
     assert run.traces == 2
+
+
+def test_buffer_cache_holds_a_forward_and_is_never_lowered(checkpoints):
+    m, graph, params = _graph_and_params(checkpoints)
+    run = get_backend("mlx").compile(graph, params)
+    inputs = m.check_inputs(**make_inputs(SHAPES["odd13"][1], 4, 31))
+    previous = mx.set_cache_limit(1)
+    try:
+        run(inputs)  # first call at this shape: the limit rises to the forward's peak
+        raised = mx.set_cache_limit(1 << 40)
+        assert raised > 1
+        mx.reset_peak_memory()
+        before = mx.get_active_memory()
+        run(inputs)
+        assert raised >= mx.get_peak_memory() - before > 0
+        run(m.check_inputs(**make_inputs(SHAPES["odd13"][1], 1, 2)))  # a smaller shape: no lowering
+        assert mx.set_cache_limit(previous) == 1 << 40
+    finally:
+        mx.set_cache_limit(previous)
 
 
 def test_hidden_states_and_attentions_outputs(checkpoints):
