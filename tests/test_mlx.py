@@ -271,6 +271,44 @@ def test_buffer_cache_holds_a_forward_and_is_never_lowered(checkpoints):
         mx.set_cache_limit(previous)
 
 
+@pytest.mark.parametrize("chunk", [8, 16])
+def test_linear_split_matches_the_reference(chunk):
+    x, w, b = _r(2, 5, 40), _r(96, 40, scale=0.5), _r(96)
+    aux = mx.new_stream(mx.cpu)
+    with mx.stream(mx.cpu):
+        split = mx.compile(lambda x, w, b: lowering.linear_split(F32, x, w, b, "gelu", chunk, aux))
+        got = np.array(split(mx.array(x), mx.array(w), mx.array(b)))
+    assert_close(got, ref.linear(x, w, b, "gelu"), "linear_split", 1e-5)
+
+
+def test_split_gemms_in_a_whole_forward(checkpoints):
+    # head64_untied: QKV, attention output, FFN down (stored [K, N], so split from an
+    # [N, K] copy) and pooler split at chunk 8; the FFN up (N = 200) cannot and stays whole.
+    m, graph, params = _graph_and_params(checkpoints, "head64_untied")
+    run = get_backend("mlx").compile(graph, params)
+    run.force_split = 8
+    inputs = m.check_inputs(**make_inputs(SHAPES["head64_untied"][1], 2, 9))
+    got = run(inputs)
+    want = ref.NumpyExecutable(graph, params)(inputs)
+    for k in want:
+        assert_close(got[k], want[k], k)
+    assert any(name.endswith(":nk") for name in run.params)
+
+
+def test_gemm_plan_takes_the_split_for_all_shapes_or_none(checkpoints):
+    from cbert.backends.mlx.backend import SPLIT_CHUNKS
+
+    m, graph, params = _graph_and_params(checkpoints, "head64_untied")
+    run = get_backend("mlx").compile(graph, params)
+    run(m.check_inputs(**make_inputs(SHAPES["head64_untied"][1], 1, 7)))
+    linears = {n.output for n in run.graph.nodes if n.op is Op.LINEAR}
+    assert run.gemm_plan and len(run.gemm_plan) <= len(linears)
+    fits = {key for key in run.gemm_plan if any(key[2] % (2 * c) == 0 for c in SPLIT_CHUNKS)}
+    taken = {key for key, c in run.gemm_plan.items() if c}
+    assert taken in (set(), fits)
+    assert all(key[2] % (2 * c) == 0 for key, c in run.gemm_plan.items() if c)
+
+
 def test_hidden_states_and_attentions_outputs(checkpoints):
     m, graph, params = _graph_and_params(checkpoints, "head16_pretrain", output_hidden_states=True,
                                          output_attentions=True)

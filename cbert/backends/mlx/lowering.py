@@ -231,6 +231,32 @@ def linear(p: Precision, x: mx.array, w: mx.array, b: mx.array, activation_name:
     return _store(p, y.reshape(*lead, wt.shape[1]))
 
 
+def linear_split(p: Precision, x: mx.array, w: mx.array, b: mx.array, activation_name: str, chunk: int,
+                 aux: mx.Stream) -> mx.array:
+    """``linear`` for a few rows on the CPU: ``chunk``-column GEMMs, half on a second CPU stream.
+
+    ``w`` is [N, K]. With few rows (batch 1 x 32 tokens) one BLAS call spends a third of
+    its time packing the weight, which streams from memory once per call. A GEMM this
+    small ([M, K] x [K, chunk], M * chunk * K <= 1e6) goes to OpenBLAS's small-matrix
+    kernels where it has them (AVX-512 builds): no packing, the weight read in place,
+    one thread; two CPU streams run the two halves on two cores. The executor measures
+    this against ``linear`` per GEMM shape and takes it only where it is faster
+    (backend.MLXExecutable._plan_gemms).
+    """
+    *lead, k = x.shape
+    x2 = x.reshape(-1, k)
+    if x2.dtype != p.gemm:
+        x2 = x2.astype(p.gemm)
+    n = w.shape[0]
+    blocks = w.reshape(n // chunk, chunk, k)  # a view: chunk rows of w per block
+    half = blocks.shape[0] // 2
+    parts = [mx.matmul(x2, blocks[:half].transpose(0, 2, 1)),
+             mx.matmul(x2, blocks[half:].transpose(0, 2, 1), stream=aux)]
+    y = mx.concatenate(parts, axis=0).transpose(1, 0, 2).reshape(-1, n) + b  # [blocks, M, chunk] -> [M, N]
+    y = activation(y, activation_name, p.cpu)
+    return _store(p, y.reshape(*lead, n))
+
+
 def _split_heads(qkv: mx.array, heads: int) -> tuple[mx.array, mx.array, mx.array, int]:
     """Q, K, V as [B, heads, S, d] views of the fused QKV output (slices, no copy, no gather)."""
     B, S, H3 = qkv.shape
