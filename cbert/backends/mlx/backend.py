@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import mlx.core as mx
 import numpy as np
 
@@ -72,17 +74,25 @@ class MLXExecutable:
     def _trace(self, params: dict[str, mx.array], inputs: dict[str, mx.array]) -> dict[str, mx.array]:
         # Runs only while mx.compile traces: once per new input shape.
         self.traces += 1
-        env = {**params, **inputs}
+        env = self._lower({**params, **inputs})
+        return {k: env[v].astype(mx.float32) for k, v in self.graph.outputs.items()}
+
+    def _lower(self, env: dict[str, mx.array], linears: dict | None = None) -> dict[str, mx.array]:
+        """Every node's lowering into ``env``; ``linears`` collects (rows, K, N) -> LINEAR nodes."""
         p = self.precision
         for n in self.graph.nodes:
             args = [env[i] for i in n.inputs]
-            chunk = self._split_chunk(n, args[0], env) if n.op is Op.LINEAR else None
+            chunk = None
+            if n.op is Op.LINEAR:
+                if linears is not None:
+                    linears.setdefault(_gemm_shape(n, args[0], args[1]), []).append(n)
+                chunk = self._split_chunk(n, args[0], env)
             if chunk:
                 w = env[_nk_name(n)]
                 env[n.output] = linear_split(p, args[0], w, args[2], n.kwargs["activation"], chunk, self._aux)
             else:
                 env[n.output] = TABLE[n.op](p, *args, **n.kwargs)
-        return {k: env[v].astype(mx.float32) for k, v in self.graph.outputs.items()}
+        return env
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = {k: mx.array(np.ascontiguousarray(inputs[k], dtype=np.int32)) for k in self.graph.inputs}
@@ -119,21 +129,18 @@ class MLXExecutable:
         split is taken, every weight of that shape gets an [N, K] copy if it is stored
         [K, N] (BERT-base: the FFN down-projections, +28 MB).
         """
-        env = {**self.params, **arrays}
         shapes: dict[tuple[int, int, int], list[Node]] = {}
-        for n in self.graph.nodes:
-            args = [env[i] for i in n.inputs]
-            env[n.output] = TABLE[n.op](self.precision, *args, **n.kwargs)
-            if n.op is Op.LINEAR:
-                shapes.setdefault(_gemm_shape(n, args[0], args[1]), []).append(n)
+        self._lower({**self.params, **arrays}, shapes)  # lazy: builds the graph, computes nothing
         new = {key: nodes for key, nodes in shapes.items() if key not in self.gemm_plan}
+        nk = {key: self._nk_weights(nodes) for key, nodes in shapes.items()
+              if _chunks(key) and (self.force_split or key in new)}
         if self.force_split is None and new:
             # All or nothing: a threaded BLAS call leaves OpenBLAS's worker spinning for a
             # while, and beside the two split streams that is three busy threads on two
             # cores (measured: a forward with one GEMM shape left whole ran at 77 ms median
             # against 55 with all four split). So the split is taken for every new shape
             # where it fits, if all of them together beat the whole calls by 5%.
-            timed = {key: self._time_split(key, nodes) for key, nodes in new.items()}
+            timed = {key: self._time_split(key, nodes, nk.get(key)) for key, nodes in new.items()}
             whole = sum(t[None] for t in timed.values())
             best = {key: min((c for c in t if c), key=t.get, default=None) for key, t in timed.items()}
             split = sum(t[best[key]] for key, t in timed.items())
@@ -141,33 +148,40 @@ class MLXExecutable:
             for key in new:
                 self.gemm_plan[key] = best[key] if take else None
         for key, nodes in shapes.items():
-            if self.gemm_plan.get(key) or self.force_split:
-                for n in nodes:
-                    if _nk_name(n) not in self.params:
-                        self.params[_nk_name(n)] = mx.contiguous(self.params[n.inputs[1]].T)
+            if key in nk and (self.gemm_plan.get(key) or self.force_split):
+                self.params.update({_nk_name(n): w for n, w in zip(nodes, nk[key])})
         mx.eval(list(self.params.values()))
 
-    def _time_split(self, key: tuple[int, int, int], nodes: list[Node]) -> dict[int | None, float]:
+    def _nk_weights(self, nodes: list[Node]) -> list[mx.array]:
+        """Each node's weight as [N, K]: itself, or a transposed copy of one stored [K, N]."""
+        return [self.params[_nk_name(n)] if _nk_name(n) in self.params
+                else mx.contiguous(self.params[n.inputs[1]].T) for n in nodes]
+
+    def _time_split(self, key: tuple[int, int, int], nodes: list[Node],
+                    ws_nk: list[mx.array] | None) -> dict[int | None, float]:
         """Seconds for one BLAS call (None) and for linear_split at each chunk that fits, per forward.
 
         Timed over every weight of the shape, as the forward meets them: a weight that
         stays in cache between repeats would hide the packing cost the split avoids.
         """
-        m, k, cols = key
+        m, k, _ = key
         p, layout = self.precision, nodes[0].kwargs.get("weight_layout", "nk")
         ws = [self.params[n.inputs[1]] for n in nodes]
         bs = [self.params[n.inputs[2]] for n in nodes]
         x = mx.random.normal((m, k), key=mx.random.key(0)).astype(p.gemm)
         plain = mx.compile(lambda x, ws, bs: [linear(p, x, w, b, "none", layout) for w, b in zip(ws, bs)])
         times: dict[int | None, float] = {None: _best_time(lambda: plain(x, ws, bs))}
-        chunks = [c for c in SPLIT_CHUNKS if cols % (2 * c) == 0] if m <= SPLIT_MAX_ROWS else []
-        if chunks:
-            ws_nk = [w if layout == "nk" else mx.contiguous(w.T) for w in ws]
-        for c in chunks:
+        for c in _chunks(key):
             split = mx.compile(lambda x, ws, bs, c=c: [linear_split(p, x, w, b, "none", c, self._aux)
                                                       for w, b in zip(ws, bs)])
             times[c] = _best_time(lambda split=split: split(x, ws_nk, bs))
         return times
+
+
+def _chunks(key: tuple[int, int, int]) -> list[int]:
+    """The linear_split chunks worth timing for a GEMM of (rows, K, N)."""
+    m, _, cols = key
+    return [c for c in SPLIT_CHUNKS if cols % (2 * c) == 0] if m <= SPLIT_MAX_ROWS else []
 
 
 def _nk_name(n: Node) -> str:
@@ -182,8 +196,6 @@ def _gemm_shape(n: Node, x: mx.array, w: mx.array) -> tuple[int, int, int]:
 
 
 def _best_time(run, repeats: int = 3) -> float:
-    import time
-
     mx.eval(run())
     best = float("inf")
     for _ in range(repeats):
