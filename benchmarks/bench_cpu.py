@@ -48,7 +48,7 @@ import transformers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cbert  # noqa: E402
-from cbert.bench import export_onnx, time_engine  # noqa: E402  (shared with `cbert bench`)
+from cbert.tools.bench import export_onnx, time_engine  # noqa: E402  (shared with `cbert bench`)
 
 CONFIG = dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
               intermediate_size=3072, max_position_embeddings=512)

@@ -3,7 +3,7 @@
 A graph is a flat, topologically ordered tuple of frozen nodes. Values are named by
 strings: runtime inputs (``input_ids`` ...), parameters (Hugging Face tensor names,
 without the ``bert.`` prefix) and node outputs. The numpy backend
-(:mod:`cbert.backends.numpy_backend`) is the living definition of every op.
+(:mod:`cbert.backends.numpy`) is the living definition of every op.
 
 Op semantics (shapes: B batch, S sequence, H hidden, V vocabulary):
 

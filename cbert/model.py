@@ -9,7 +9,7 @@ import numpy as np
 
 from . import tasks
 from .backends import get_backend
-from .backends.numpy_backend import NumpyExecutable
+from .backends.numpy import NumpyExecutable
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import InputError
 from .graph import build

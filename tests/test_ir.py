@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cbert.backends.numpy_backend import concat
+from cbert.backends.numpy.lowering import concat
 from cbert.config import BertConfig
 from cbert.graph import Heads, build_bert, expected_shapes
 from cbert.ir import Graph, Op, fold_constants, node

@@ -11,7 +11,7 @@ from conftest import run_cli as _cli
 from test_families import family_checkpoints  # noqa: F401  (the fixture)
 
 import cbert
-from cbert.windows import aggregate
+from cbert.tasks.windows import aggregate
 
 TEXTS = ["the patient was given iv mg for chest pain", "no fever and no cough", "admitted with heart failure",
          "history of copd discharged daily"]
@@ -122,7 +122,7 @@ LONG = " ".join(["the patient was given iv mg for chest pain and no fever"] * 9)
 
 
 def _windows(model, text, stride):
-    from cbert.windows import split
+    from cbert.tasks.windows import split
 
     return split(model.tokenizer.encode([text], check_length=False)[0], model.config.max_seq_len, stride)
 
@@ -198,7 +198,7 @@ def _decode(start_logits, end_logits, allowed, cls_first, max_answer_len=15):
 
 
 def test_qa_takes_the_best_span_over_windows(family_checkpoints):  # noqa: F811
-    from cbert.windows import split
+    from cbert.tasks.windows import split
 
     folder, _ = family_checkpoints("bert_qa")
     model = cbert.load(folder, backend="numpy")

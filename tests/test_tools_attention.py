@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli as run
 
 import cbert
-from cbert.attention_map import attention_matrix
+from cbert.tools.attention import attention_matrix
 
 TEXT = "the patient denies chest pain"
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import run_cli as run
 
-from cbert.bench import encoder_flops
 from cbert.config import ModelConfig
+from cbert.tools.bench import encoder_flops
 
 
 @pytest.fixture(scope="module")

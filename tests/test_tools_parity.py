@@ -7,7 +7,7 @@ import pytest
 from conftest import BACKEND_DTYPES
 from conftest import run_cli as run
 
-from cbert.parity import compare
+from cbert.tools.parity import compare
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-from cbert.backends import numpy_backend
+from cbert.backends import numpy as numpy_backend
 from cbert.backends.wgpu import WgpuBackend
 from cbert.backends.wgpu.device import Gpu
 from cbert.backends.wgpu.kernels import GEMM_TMS, Lowering

@@ -18,7 +18,7 @@ from ..errors import BackendUnavailable
 
 # name -> (module, class, pip extra that installs what it needs)
 BACKENDS = {
-    "numpy": ("cbert.backends.numpy_backend", "NumpyBackend", None),
+    "numpy": ("cbert.backends.numpy", "NumpyBackend", None),
     "mlx": ("cbert.backends.mlx", "MLXBackend", "mlx"),
     "wgpu": ("cbert.backends.wgpu", "WgpuBackend", "wgpu"),
 }

@@ -18,7 +18,7 @@ import numpy as np
 import wgpu
 
 from ...errors import BackendUnavailable
-from ..numpy_backend import ERF_ALPHA, ERF_BETA, ERF_CLAMP
+from ..numpy.lowering import ERF_ALPHA, ERF_BETA, ERF_CLAMP
 
 # Native backends first; GL is the fallback wgpu offers when Vulkan is missing.
 _BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 0, "OpenGL": 2, "OpenGLES": 2}

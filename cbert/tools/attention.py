@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .extras import need
+from ..errors import InputError
+from ..extras import need
 
 
 def attention_matrix(model, text: str, layer: int, head: int | str) -> tuple[list[str], np.ndarray, str]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from fnmatch import fnmatch
 from pathlib import Path
 
-from .config import PRESETS
-from .errors import CheckpointError
-from .extras import need
+from ..config import PRESETS
+from ..errors import CheckpointError
+from ..extras import need
 from .prepare import Prepared, prepare
 
 META = ["config.json", "bert_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",

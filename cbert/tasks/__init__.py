@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .windows import Window, aggregate, centrality, pad, split
 
 POOLINGS = ("cls", "mean", "max")

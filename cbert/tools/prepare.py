@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import BUFFERS, SafetensorsFile, load_checkpoint
-from .config import ModelConfig
-from .errors import CheckpointError
-from .extras import need
-from .tokenizer import read_lowercase, vocab_is_cased
+from ..checkpoint import BUFFERS, SafetensorsFile, load_checkpoint
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from ..extras import need
+from ..tokenizer import read_lowercase, vocab_is_cased
 
 # TF-ported checkpoints (pytorch-pretrained-bert, Huang's ClinicalBERT) name LayerNorm's parameters
 # gamma/beta; Hugging Face's from_pretrained renames them the same way.

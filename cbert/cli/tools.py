@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .cli import _load
-from .errors import UsageError
+from ..errors import UsageError
+from .common import load_model
 
 # -- tools: prepare, download, parity, bench, attention -----------------------------------------
 
@@ -29,22 +29,22 @@ def _report_prepared(p) -> None:
 
 
 def cmd_prepare(args) -> int:
-    from .prepare import prepare
+    from ..tools.prepare import prepare
 
     _report_prepared(prepare(args.src, args.out))
     return 0
 
 
 def cmd_download(args) -> int:
-    from .hub import download
+    from ..tools.hub import download
 
     _report_prepared(download(args.repo, args.out, revision=args.revision))
     return 0
 
 
 def cmd_parity(args) -> int:
-    from .bench import progress_bar
-    from .parity import format_table, run_parity
+    from ..tools.bench import progress_bar
+    from ..tools.parity import format_table, run_parity
 
     rows = run_parity(args.model, _csv(args.backends) if args.backends else None, tuple(_csv(args.dtypes)),
                       args.reference, args.max_error, args.min_cosine, progress=progress_bar)
@@ -56,10 +56,10 @@ def cmd_parity(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    from ..tools import bench
 
     if args.plot:  # fail before timing anything, not after
-        from .extras import need
+        from ..extras import need
 
         need("matplotlib", "--plot")
     report = bench.run_bench(args.model, _csv(args.backends), _csv(args.dtypes), _ints(args.batches, "--batches"),
@@ -75,11 +75,11 @@ def cmd_bench(args) -> int:
 
 
 def cmd_attention(args) -> int:
-    from .attention_map import attention_matrix, save_heatmap
-    from .extras import need
+    from ..extras import need
+    from ..tools.attention import attention_matrix, save_heatmap
 
     need("matplotlib", "cbert attention")
-    model = _load(args)
+    model = load_model(args)
     tokens, matrix, title = attention_matrix(model, args.text, args.layer, args.head)
     save_heatmap(tokens, matrix, f"{title}  ({model.backend.name} {model.backend.dtype})", args.out)
     print(f"wrote {args.out}: {title}, {len(tokens)} tokens", file=sys.stderr)
@@ -96,7 +96,7 @@ def add_tool_parsers(sub) -> None:
     p.add_argument("out", metavar="OUT")
     p.set_defaults(func=cmd_prepare)
 
-    from .config import PRESETS
+    from ..config import PRESETS
 
     d = sub.add_parser("download", help="download a Hugging Face repository (or a preset) and prepare it",
                        description=f"REPO: owner/name or a preset ({', '.join(PRESETS)}). Needs cbert[hub].")

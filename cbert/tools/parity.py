@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends import BACKENDS, backend_class, probe
-from .extras import need
+from ..backends import BACKENDS, backend_class, probe
+from ..extras import need
 
 FP32_MAX_ERROR = 1e-4  # scaled: max|a - b| / max(1, max|ref|)
 HALF_MIN_COSINE = 0.999
@@ -104,7 +104,7 @@ def plan(backends: list[str] | None, dtypes: list[str]) -> list[tuple[str, str]]
 def run_parity(path, backends: list[str] | None = None, dtypes: tuple[str, ...] = ("float32", "float16"),
                reference: str = "auto", max_error: float = FP32_MAX_ERROR, min_cosine: float = HALF_MIN_COSINE,
                progress=None) -> list[Row]:
-    from .model import load
+    from ..model import load
 
     for d in dtypes:
         if d not in ("float32", "float16", "bfloat16"):

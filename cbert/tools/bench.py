@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .extras import need
+from ..extras import need
 
 PEERS = ("onnxruntime", "torch")
 
@@ -115,7 +115,7 @@ def progress_bar(i: int, total: int, label: str, stream=sys.stderr, width: int =
 
 
 def _cbert_engine(path, backend: str, dtype: str) -> Callable:
-    from .model import Model, load
+    from ..model import Model, load
 
     m = load(path, backend=backend, dtype=dtype)
     heads = m.checkpoint.heads
@@ -160,8 +160,8 @@ def run_bench(path, backends: list[str], dtypes: list[str], batches: list[int], 
               progress=progress_bar) -> dict:
     import tempfile
 
-    from .backends import backend_class
-    from .checkpoint import load_checkpoint
+    from ..backends import backend_class
+    from ..checkpoint import load_checkpoint
 
     unknown = [c for c in compare if c not in PEERS]
     if unknown:

@@ -1,0 +1,80 @@
+"""The inspection subcommands: info (a checkpoint) and devices (this machine)."""
+
+from __future__ import annotations
+
+
+def cmd_info(args) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..config import PRESETS, recognise
+    from ..tokenizer import Tokenizer
+
+    ckpt = load_checkpoint(args.model)
+    c = ckpt.config
+    tok = Tokenizer.from_folder(ckpt.path, c.max_seq_len, c.pad_token_id)
+    heads = [k for k in ("pooler", "mlm", "nsp") if getattr(ckpt.loaded, k)]
+    if ckpt.loaded.mlm:
+        heads[heads.index("mlm")] = "mlm (decoder tied to word embeddings)" if ckpt.loaded.tied_decoder \
+            else "mlm (own decoder weight)"
+    known = recognise(c, str(ckpt.path))
+    rows = [
+        ("folder", str(ckpt.path)),
+        ("weights", f"{ckpt.weights_file.name} ({ckpt.weights_file.stat().st_size / 1e6:.1f} MB)"),
+        ("family", f"{c.model_type} ({ckpt.architecture})"),
+        ("layers", c.num_hidden_layers),
+        ("hidden", f"{c.hidden_size} ({c.num_attention_heads} heads of {c.head_dim})"),
+        ("ffn", f"{c.intermediate_size} ({c.hidden_act})"),
+        ("vocab", c.vocab_size),
+        ("max positions", c.max_position_embeddings),
+        ("token types", c.type_vocab_size),
+        ("parameters", f"{ckpt.num_parameters:,}"),
+        ("heads", ", ".join(heads) or "none (encoder only)"),
+        ("tokenizer", tok.casing),
+        ("looks like", "; ".join(PRESETS[k]["description"] for k in known) if known else "no known preset"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from ..backends import BACKENDS, auto_backend, probe
+
+    for name in BACKENDS:
+        p = probe(name)
+        state = "available" if p.get("available") else "not available"
+        print(f"{name}: {state}")
+        for k, v in p.items():
+            if k != "available":
+                print(f"  {k}: {v}")
+    _print_wgpu_adapters()
+    print(f'backend="auto" picks: {auto_backend()}')
+    return 0
+
+
+def _print_wgpu_adapters() -> None:
+    """Every adapter wgpu sees (the probe above describes the one the backend uses)."""
+    try:
+        import wgpu
+
+        adapters = wgpu.gpu.enumerate_adapters_sync()
+    except Exception:  # no wgpu, or no driver: the probe above already said so
+        return
+    print("wgpu adapters:")
+    for ad in adapters:
+        info = ad.info
+        kind = {"DiscreteGPU": "GPU (discrete)", "IntegratedGPU": "GPU (integrated)", "VirtualGPU": "GPU (virtual)",
+                "CPU": "CPU (software)"}.get(str(info.get("adapter_type")), str(info.get("adapter_type")))
+        feats = set(ad.features)
+        print(f"  {info.get('device', '?')}: backend {info.get('backend_type', '?')}, type {kind}, "
+              f"f16 {'shader-f16' in feats}, subgroups {'subgroup' in feats or 'subgroups' in feats}")
+
+
+
+def add_inspect_parsers(sub) -> None:
+    i = sub.add_parser("info", help="describe a checkpoint: family, shapes, parameters, heads, tokenizer casing")
+    i.add_argument("model", metavar="DIR")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("devices", help="which backends and devices this machine has")
+    d.set_defaults(func=cmd_devices)

@@ -1,0 +1,1 @@
+"""Tools around the model: prepare, hub download, parity, bench, attention maps."""
