@@ -71,3 +71,32 @@ def test_bad_backends(pretrain, tmp_path, args, message):
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_numpy_alone_is_checked_against_transformers(pretrain):
+    """Regression: `--backends numpy` with the default dtypes (float32,float16) exited 2 with
+    "none of the backends numpy runs dtype float32, float16"."""
+    r = run("parity", pretrain, "--backends", "numpy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "numpy float32    transformers" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--backends", "numpy", "--reference", "none"), "nothing to compare: --reference none"),
+    (("--max-error", "nan"), "--max-error nan: expected a number >= 0"),
+    (("--min-cosine", "nan"), "--min-cosine nan: expected a number in [-1, 1]"),
+    (("--backends", "numpy", "--dtypes", "float16"), "--backends numpy runs dtype float32, none of --dtypes float16"),
+])
+def test_nothing_to_compare_or_a_meaningless_tolerance_is_an_error(pretrain, args, message):
+    """Regression: `--reference none` printed "0/0 within tolerance" and exited 0; a NaN tolerance passed."""
+    r = run("parity", pretrain, *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_skipped_transformers_check_is_said(pretrain, tmp_path):
+    # a None entry in sys.modules is how Python marks a module as not importable
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['transformers'] = None\n")
+    r = run("parity", pretrain, "--backends", "numpy,wgpu", "--dtypes", "float32", env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "note: numpy was not checked against transformers: transformers not installed" in r.stdout

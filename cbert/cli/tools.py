@@ -46,9 +46,12 @@ def cmd_parity(args) -> int:
     from ..tools.bench import progress_bar
     from ..tools.parity import format_table, run_parity
 
+    notes: list[str] = []
     rows = run_parity(args.model, _csv(args.backends) if args.backends else None, tuple(_csv(args.dtypes)),
-                      args.reference, args.max_error, args.min_cosine, progress=progress_bar)
+                      args.reference, args.max_error, args.min_cosine, progress=progress_bar, notes=notes)
     print(format_table(rows))
+    for note in notes:
+        print(f"note: {note}")
     bad = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(bad)}/{len(rows)} comparisons within tolerance"
           + (f"; outside: {', '.join(sorted({r.candidate + ' vs ' + r.reference for r in bad}))}" if bad else ""))

@@ -89,21 +89,33 @@ def _transformers_outputs(folder, architecture: str, inputs: dict) -> dict[str, 
 
 
 def plan(backends: list[str] | None, dtypes: list[str]) -> list[tuple[str, str]]:
-    """(backend, dtype) pairs to run: the asked backends (default: every importable one) in each
-    asked dtype it supports; naming a backend that is not installed raises BackendUnavailable."""
+    """(backend, dtype) pairs to compare with the numpy reference: the asked backends (default:
+    every importable one) in each asked dtype it supports (numpy float32 is the reference itself);
+    naming a backend that is not installed raises BackendUnavailable."""
     names = backends or [b for b in BACKENDS if probe(b).get("available")]
     pairs = []
     for name in names:
         cls = backend_class(name)  # unknown -> ValueError, not installed -> BackendUnavailable
-        pairs += [(name, d) for d in dtypes if d in cls.dtypes and (name, d) != ("numpy", "float32")]
-    if backends and not pairs and dtypes != ["float32"]:
-        raise ValueError(f"none of the backends {', '.join(names)} runs dtype {', '.join(dtypes)}")
+        runs = [d for d in dtypes if d in cls.dtypes]
+        if backends and not runs:
+            raise ValueError(f"--backends {name} runs dtype {', '.join(cls.dtypes)}, none of --dtypes "
+                             f"{', '.join(dtypes)}")
+        pairs += [(name, d) for d in runs if (name, d) != ("numpy", "float32")]
     return pairs
+
+
+def check_tolerances(max_error: float, min_cosine: float) -> None:
+    """A NaN or out-of-range tolerance would pass or fail everything; refuse it."""
+    if not (np.isfinite(max_error) and max_error >= 0):
+        raise ValueError(f"--max-error {max_error}: expected a number >= 0")
+    if not (np.isfinite(min_cosine) and -1 <= min_cosine <= 1):
+        raise ValueError(f"--min-cosine {min_cosine}: expected a number in [-1, 1]")
 
 
 def run_parity(path, backends: list[str] | None = None, dtypes: tuple[str, ...] = ("float32", "float16"),
                reference: str = "auto", max_error: float = FP32_MAX_ERROR, min_cosine: float = HALF_MIN_COSINE,
-               progress=None) -> list[Row]:
+               progress=None, notes: list[str] | None = None) -> list[Row]:
+    """Every comparison as a Row; what was not checked (and why) is appended to ``notes``."""
     from ..model import load
 
     for d in dtypes:
@@ -111,7 +123,18 @@ def run_parity(path, backends: list[str] | None = None, dtypes: tuple[str, ...] 
             raise ValueError(f"unknown dtype {d!r}; choose float32, float16 or bfloat16")
     if reference not in ("auto", "transformers", "none"):
         raise ValueError(f"--reference {reference!r}; choose transformers, none or auto")
+    check_tolerances(max_error, min_cosine)
     pairs = plan(backends, list(dtypes))
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    use_hf = reference == "transformers" or (reference == "auto" and not missing)
+    if not pairs and not use_hf:
+        raise ValueError("nothing to compare: " + (
+            "--reference none and no backend/dtype other than the numpy float32 reference" if reference == "none"
+            else f"{' and '.join(missing)} not installed and no backend/dtype other than the numpy float32 "
+                 "reference"))
+    if reference == "auto" and missing and notes is not None:
+        notes.append(f"numpy was not checked against transformers: {' and '.join(missing)} not installed "
+                     f"(pip install transformers, with a CPU torch)")
     ref_model = load(path, backend="numpy")
     inputs = ref_model.tokenizer(TEXTS, truncation=True)
     mask = inputs["attention_mask"]
@@ -132,8 +155,6 @@ def run_parity(path, backends: list[str] | None = None, dtypes: tuple[str, ...] 
         add(f"{name} {dtype}", out, ref, "numpy", dtype != "float32")
     if progress:
         progress(len(pairs), len(pairs), "done")
-    use_hf = reference == "transformers" or (
-        reference == "auto" and all(importlib.util.find_spec(m) for m in ("torch", "transformers")))
     if use_hf:
         hf = _transformers_outputs(ref_model.checkpoint.path, ref_model.checkpoint.architecture, inputs)
         add("numpy float32", ref, {k: v for k, v in hf.items() if k in ref}, "transformers", False)
