@@ -231,30 +231,7 @@ class Model:
 
     def fill_mask(self, text: str, top_k: int = 5) -> list:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
-        if not self.checkpoint.loaded.mlm:
-            raise ValueError(f"{self.checkpoint.weights_file}: fill-mask needs a masked-LM head; this checkpoint "
-                             f"is a {self.checkpoint.architecture}")
-        tok = self.tokenizer
-        batch = tok([text])
-        ids = batch["input_ids"][0]
-        where = np.flatnonzero(ids == tok.mask_token_id)
-        if where.size == 0:
-            raise InputError(f"no {tok.mask_token} token in the text: {text!r}")
-        hidden = self.forward(**batch).last_hidden_state
-        logits = self.mlm_logits(hidden[:, where])[0]
-        results = []
-        for pos, row in zip(where, logits):
-            p = np.exp(row - row.max())
-            p /= p.sum()
-            top = np.argsort(-p, kind="stable")[:top_k]
-            cands = []
-            for t in top:
-                filled = ids.copy()
-                filled[pos] = t
-                cands.append({"score": float(p[t]), "token": int(t),
-                              "token_str": tok.decode([t], skip_special_tokens=False), "sequence": tok.decode(filled)})
-            results.append(cands)
-        return results[0] if len(results) == 1 else results
+        return tasks.fill_mask(self, text, top_k)
 
 
 def _as_int_array(x, name: str) -> np.ndarray:
