@@ -85,6 +85,9 @@ def no_config_problem(cfg: ModelConfig) -> tuple[str, str] | None:
 
 @dataclass(frozen=True, eq=False)
 class Family:
+    """One family's record. Defaults are BERT's; tensor names are relative to ``prefix``. No
+    tokenizer field: every family's tokenizer is read from the checkpoint's own files."""
+
     name: str
     model_types: tuple[str, ...]  # config.json model_type values
     architectures: Mapping[str, tuple[str, ...]]  # Hugging Face class -> its heads; the first of a set names it
