@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CheckpointError
+from .families import by_model_type, family_of, model_types
 
 # hidden_act as written in config.json -> the activation the IR runs.
 # https://github.com/huggingface/transformers/blob/main/src/transformers/activations.py (ACT2CLS)
@@ -20,16 +21,6 @@ HIDDEN_ACT = {
     "silu": "silu",
     "swish": "silu",
 }
-
-# model_type -> the family whose graph runs it (and whose tensor names it uses).
-FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta",
-            "distilbert": "distilbert", "albert": "albert"}
-SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
-
-# DistilBERT's config.json spells the shared fields its own way.
-DISTILBERT_KEYS = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
-                   "hidden_dim": "intermediate_size", "activation": "hidden_act"}
-
 
 @dataclass
 class ModelConfig:
@@ -61,17 +52,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> ModelConfig:
         """Forgiving: unknown keys go to ``extra``; only what the IR cannot run is an error."""
-        d = dict(d)
-        if d.get("model_type") == "distilbert":
-            for theirs, ours in DISTILBERT_KEYS.items():
-                if theirs in d:
-                    d[ours] = d.pop(theirs)
-            d.setdefault("hidden_act", "gelu")
-            d["type_vocab_size"] = 0  # DistilBERT has no token types
-            d["layer_norm_eps"] = 1e-12  # fixed in modeling_distilbert.py
-        if d.get("model_type") == "albert":
-            d.setdefault("hidden_act", "gelu_new")
-            d.setdefault("embedding_size", 128)
+        family = by_model_type(d.get("model_type", cls.model_type))
+        d = family.config_dict(d) if family else dict(d)  # an unknown model_type fails in validate
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
@@ -98,10 +80,12 @@ class ModelConfig:
         def bad(field_name: str, why: str) -> CheckpointError:
             return CheckpointError(f"{source}: {field_name} = {getattr(self, field_name)!r}: {why}")
 
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise bad("model_type", f"cbert runs {', '.join(SUPPORTED_MODEL_TYPES)}")
-        if self.family == "albert" and self.num_hidden_layers % self.num_hidden_groups:
-            raise bad("num_hidden_groups", f"does not divide num_hidden_layers = {self.num_hidden_layers}")
+        family = by_model_type(self.model_type)
+        if family is None:
+            raise bad("model_type", f"cbert runs {', '.join(model_types())}")
+        problem = family.config_problem(self)
+        if problem:
+            raise bad(*problem)
         if self.hidden_act not in HIDDEN_ACT:
             raise bad("hidden_act", f"supported activations are {', '.join(sorted(HIDDEN_ACT))}")
         if self.position_embedding_type != "absolute":
@@ -132,14 +116,13 @@ class ModelConfig:
 
     @property
     def family(self) -> str:
-        return FAMILIES[self.model_type]
+        """The name of the family that runs this config (its record: ``cbert.families.family_of``)."""
+        return family_of(self).name
 
     @property
     def max_seq_len(self) -> int:
-        """The longest input: RoBERTa's positions start after padding_idx, so two fewer."""
-        if self.family == "roberta":
-            return self.max_position_embeddings - self.pad_token_id - 1
-        return self.max_position_embeddings
+        """The longest input, by the family's position rule."""
+        return family_of(self).max_seq_len(self)
 
     @property
     def head_dim(self) -> int:

@@ -132,3 +132,21 @@ def fold_constants(graph: Graph, params: Mapping[str, object], concat) -> tuple[
     for name in parts - still_read - folded:
         params.pop(name, None)
     return Graph(tuple(rest), graph.inputs, graph.outputs, graph.param_shapes), params
+
+
+def expose_attentions(graph: Graph) -> Graph:
+    """``graph`` with each fused ATTENTION split into ATTN_PROBS + ATTN_APPLY, the probabilities
+    of the k-th (in layer order) an output named ``attentions.k``: what output_attentions runs."""
+    nodes: list[Node] = []
+    outputs = dict(graph.outputs)
+    layer = 0
+    for n in graph.nodes:
+        if n.op is not Op.ATTENTION:
+            nodes.append(n)
+            continue
+        qkv, bias = n.inputs
+        probs = outputs[f"attentions.{layer}"] = f"attentions.{layer}"
+        nodes += [node(Op.ATTN_PROBS, [qkv, bias], probs, **n.kwargs),
+                  node(Op.ATTN_APPLY, [probs, qkv], n.output, **n.kwargs)]
+        layer += 1
+    return Graph(tuple(nodes), graph.inputs, outputs, graph.param_shapes)

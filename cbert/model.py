@@ -1,22 +1,24 @@
-"""The Python API: ``cbert.load`` and the ``Model`` it returns."""
+"""The Python API: ``cbert.load`` and the ``Model`` it returns.
+
+A thin facade: the checkpoint (with its one graph) comes from :mod:`cbert.checkpoint`, heads
+and their placement from :mod:`cbert.heads`, the backend from :mod:`cbert.backends`, and the
+tasks from :mod:`cbert.tasks`. Here: loading, input checks, forward, and the task methods.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import tasks
 from .backends import get_backend
-from .backends.numpy import NumpyExecutable
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import InputError
-from .graph import build
-from .ir import Graph
+from .families import family_of
+from .heads import MLM_LOGITS, MLM_MODES, POOLER_OUTPUT, HostHeads, forward_outputs, mlm_in_graph, split_qa_logits
+from .ir import Graph, expose_attentions
 from .tokenizer import Tokenizer
-
-MLM_MODES = ("auto", "in_graph", "host")
 
 
 class ModelOutput(dict):
@@ -28,9 +30,6 @@ class ModelOutput(dict):
         except KeyError:
             raise AttributeError(
                 f"this output has no {name!r}; it has {', '.join(self)}") from None
-
-    def to_tuple(self) -> tuple:
-        return tuple(self.values())
 
 
 def load(path: str | Path, backend: str = "auto", dtype: str = "float32", device: str | None = None,
@@ -48,9 +47,8 @@ class Model:
         self.config = ckpt.config
         self.backend = backend
         self.mlm_mode = mlm_mode
-        self._params = ckpt.params
-        self._compiled: dict[tuple, object] = {}
-        self._host: dict[str, tuple[str, NumpyExecutable]] = {}
+        self._compiled: dict[tuple, tuple[tuple[str, ...], object]] = {}
+        self._host_heads = HostHeads(ckpt)
         self._tokenizer: Tokenizer | None = None
 
     def __repr__(self) -> str:
@@ -75,41 +73,19 @@ class Model:
 
     # -- execution -------------------------------------------------------------------------
 
-    def _mlm_in_graph(self, batch: int, seq: int) -> bool:
-        if self.mlm_mode != "auto":
-            return self.mlm_mode == "in_graph"
-        rule = getattr(self.backend, "mlm_in_graph", None)
-        return True if rule is None else bool(rule(batch, seq))
-
-    def _executable(self, hidden: bool, attentions: bool, mlm_in_graph: bool):
-        key = (hidden, attentions, mlm_in_graph)
+    def _executable(self, hidden: bool, attentions: bool, mlm_here: bool):
+        """(inputs it reads, the backend's compiled cut of the checkpoint's graph) for one output set."""
+        key = (hidden, attentions, mlm_here)
         if key not in self._compiled:
-            graph = build(self.config, self.checkpoint.heads, hidden, attentions)
-            if not mlm_in_graph:  # the MLM head runs on the host: cut it off the backend's graph
-                mlm = self.checkpoint.heads.mlm_output
-                graph = graph.select({k: v for k, v in graph.outputs.items() if k != mlm})
+            graph = self.checkpoint.graph
+            if attentions:
+                graph = expose_attentions(graph)
+            graph = graph.select(forward_outputs(graph, self.checkpoint.heads, hidden, attentions, mlm_here))
             self._compiled[key] = (graph.inputs, self.backend.compile(graph, self._graph_params(graph)))
         return self._compiled[key]
 
     def _graph_params(self, graph: Graph) -> dict[str, np.ndarray]:
-        return {name: self._params[name] for name in graph.params if name in self._params}
-
-    def _host_head(self, output: str) -> tuple[str, NumpyExecutable]:
-        """A head ("logits" or "pooler_output") as a numpy post-process over the last hidden state.
-
-        It is the same op list as the in-graph head, cut at the encoder's output, so both
-        placements give identical results.
-        """
-        if output not in self._host:
-            graph = build(self.config, replace(self.checkpoint.loaded, mlm_output="logits"))
-            last = graph.outputs["last_hidden_state"]
-            head = graph.select({output: output}, inputs=[last])
-            self._host[output] = (last, NumpyExecutable(head, self._graph_params(head)))
-        return self._host[output]
-
-    def _run_host_head(self, output: str, hidden: np.ndarray) -> np.ndarray:
-        last, run = self._host_head(output)
-        return run({last: hidden})[output]
+        return self.checkpoint.params_for(graph)
 
     def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
         """Validate and default the inputs; returns the dict the graph reads."""
@@ -143,12 +119,8 @@ class Model:
                 raise InputError(f"{name} has shape {list(a.shape)} but input_ids has {list(ids.shape)}")
             _check_range(a, 0, limit, name, limit_name or "0/1 values")
             out[name] = a
-        if position_ids is None and c.family == "roberta":
-            # Positions count real tokens from padding_idx + 1, as create_position_ids_from_input_ids does.
-            real = (ids != c.pad_token_id).astype(np.int64)
-            out["position_ids"] = np.cumsum(real, axis=1) * real + c.pad_token_id
-        elif position_ids is None:
-            out["position_ids"] = np.broadcast_to(np.arange(S, dtype=np.int64), (B, S))
+        if position_ids is None:
+            out["position_ids"] = family_of(c).position_ids(ids, c)
         else:
             p = _as_int_array(position_ids, "position_ids")
             if p.ndim == 1:
@@ -164,14 +136,12 @@ class Model:
         inputs = self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         heads = self.checkpoint.heads
         B, S = inputs["input_ids"].shape
-        in_graph = self._mlm_in_graph(B, S) if heads.mlm else True
-        wanted, run = self._executable(output_hidden_states, output_attentions, in_graph)
+        mlm_here = mlm_in_graph(self.mlm_mode, self.backend, B, S) if heads.mlm else True
+        wanted, run = self._executable(output_hidden_states, output_attentions, mlm_here)
         raw = run({k: inputs[k] for k in wanted})
-        if "qa_logits" in raw:
-            qa = raw.pop("qa_logits")
-            raw["start_logits"], raw["end_logits"] = np.ascontiguousarray(qa[..., 0]), np.ascontiguousarray(qa[..., 1])
-        if heads.mlm and not in_graph:
-            raw[heads.mlm_output] = self._run_host_head("logits", raw["last_hidden_state"])
+        split_qa_logits(raw)
+        if not mlm_here:
+            raw[heads.mlm_output] = self._host_heads(MLM_LOGITS, raw["last_hidden_state"])
         return self._package(raw)
 
     __call__ = forward
@@ -192,15 +162,18 @@ class Model:
     def pooler_output(self, hidden) -> np.ndarray:
         """tanh(W h[:, 0] + b) over a last_hidden_state [batch, seq, hidden]."""
         if not self.checkpoint.loaded.pooler:
-            raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no pooler (pooler.dense.*)")
-        return self._run_host_head("pooler_output", _as_hidden(hidden, self.config))
+            pooler = family_of(self.config).pooler
+            raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no pooler"
+                             + (f" ({pooler}.*)" if pooler else ""))
+        return self._host_heads(POOLER_OUTPUT, _as_hidden(hidden, self.config))
 
     def mlm_logits(self, hidden) -> np.ndarray:
         """The masked-LM head over a last_hidden_state: [batch, seq, vocab]."""
         if not self.checkpoint.loaded.mlm:
-            raise ValueError(
-                f"{self.checkpoint.weights_file}: this checkpoint has no masked-LM head (cls.predictions.*)")
-        return self._run_host_head("logits", _as_hidden(hidden, self.config))
+            mlm = family_of(self.config).mlm
+            raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no masked-LM head"
+                             + (f" ({mlm.dense}.*)" if mlm else ""))
+        return self._host_heads(MLM_LOGITS, _as_hidden(hidden, self.config))
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -231,30 +204,7 @@ class Model:
 
     def fill_mask(self, text: str, top_k: int = 5) -> list:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
-        if not self.checkpoint.loaded.mlm:
-            raise ValueError(f"{self.checkpoint.weights_file}: fill-mask needs a masked-LM head; this checkpoint "
-                             f"is a {self.checkpoint.architecture}")
-        tok = self.tokenizer
-        batch = tok([text])
-        ids = batch["input_ids"][0]
-        where = np.flatnonzero(ids == tok.mask_token_id)
-        if where.size == 0:
-            raise InputError(f"no {tok.mask_token} token in the text: {text!r}")
-        hidden = self.forward(**batch).last_hidden_state
-        logits = self.mlm_logits(hidden[:, where])[0]
-        results = []
-        for pos, row in zip(where, logits):
-            p = np.exp(row - row.max())
-            p /= p.sum()
-            top = np.argsort(-p, kind="stable")[:top_k]
-            cands = []
-            for t in top:
-                filled = ids.copy()
-                filled[pos] = t
-                cands.append({"score": float(p[t]), "token": int(t),
-                              "token_str": tok.decode([t], skip_special_tokens=False), "sequence": tok.decode(filled)})
-            results.append(cands)
-        return results[0] if len(results) == 1 else results
+        return tasks.fill_mask(self, text, top_k)
 
 
 def _as_int_array(x, name: str) -> np.ndarray:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import BACKEND_DTYPES, HALF_COSINE, assert_close, min_cosine, write_checkpoint
+from conftest import BACKEND_DTYPES, HALF_COSINE, SHAPES, assert_close, make_inputs, min_cosine, write_checkpoint
 
 import cbert
+from cbert import families
 
 # name -> (transformers class, config class, config kwargs)
 SMALL = dict(num_hidden_layers=2, vocab_size=97, max_position_embeddings=40)
@@ -218,3 +220,80 @@ def test_architecture_inferred_from_tensors_when_config_names_none(family_checkp
         del cfg["architectures"]
         (dst / "config.json").write_text(json.dumps(cfg))
         assert cbert.load(dst, backend="numpy").checkpoint.architecture == FAMILIES[name][0]
+
+
+# A family cbert does not ship, added by this one file alone: its own prefix, layer and head
+# names, and its own graph function (BERT's layout, so BERT's weights renamed must give BERT's numbers).
+FICTIONAL_FAMILY = '''
+"""ClinicNet: a fictional encoder family."""
+
+from cbert.families import Family, LayerNames, SeqClassifier, classes, register
+from cbert.families.layers import Builder, embeddings, encoder_layer, finish, mask_bias
+
+
+def graph(fam, cfg, heads):
+    b = Builder()
+    x = embeddings(b, cfg)
+    bias = mask_bias(b)
+    for i in range(cfg.num_hidden_layers):
+        x = encoder_layer(b, cfg, fam.layer, fam.layer.prefix.format(i=i), x, bias, i)
+    return finish(b, fam, cfg, heads, x)
+
+
+FAMILY = register(Family(
+    name="clinicnet",
+    model_types=("clinicnet",),
+    architectures=classes("ClinicNet"),
+    prefix="clinicnet.",
+    layer=LayerNames(prefix="blocks.{i}.", query="attn.q", key="attn.k", value="attn.v", attention_output="attn.o",
+                     attention_norm="attn_norm", ffn_in="mlp.up", ffn_out="mlp.down", output_norm="mlp_norm"),
+    graph=graph,
+    pooler="pool",
+    mlm=None,
+    seq_cls=SeqClassifier(from_pooler=True, hidden=(), out="classifier"),
+))
+'''
+# BERT's tensor names -> ClinicNet's, in the order they are replaced.
+CLINICNET_NAMES = (("attention.self.query", "attn.q"), ("attention.self.key", "attn.k"),
+                   ("attention.self.value", "attn.v"), ("attention.output.dense", "attn.o"),
+                   ("attention.output.LayerNorm", "attn_norm"), ("intermediate.dense", "mlp.up"),
+                   ("output.dense", "mlp.down"), ("output.LayerNorm", "mlp_norm"), ("encoder.layer.", "blocks."),
+                   ("pooler.dense", "pool"))
+
+
+def test_a_new_family_is_one_file(checkpoints, tmp_path, monkeypatch):
+    from safetensors.numpy import load_file, save_file
+
+    # The registry is process-wide: the fictional family registers into a copy dropped after the test.
+    monkeypatch.setattr(families, "_REGISTRY", dict(families._REGISTRY))
+    (tmp_path / "clinicnet.py").write_text(FICTIONAL_FAMILY)
+    spec = importlib.util.spec_from_file_location("clinicnet", tmp_path / "clinicnet.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+    def rename(name: str) -> str:
+        name = "clinicnet." + name.removeprefix("bert.")
+        for bert, ours in CLINICNET_NAMES:
+            name = name.replace(bert, ours)
+        return name
+
+    folder, _ = checkpoints("odd13")  # a BertModel: encoder and pooler
+    dst = tmp_path / "clinicnet-ckpt"
+    dst.mkdir()
+    tensors = {rename(k): v for k, v in load_file(f"{folder}/model.safetensors").items()}
+    assert {"clinicnet.blocks.1.mlp.down.weight", "clinicnet.pool.bias"} <= set(tensors)
+    save_file(tensors, str(dst / "model.safetensors"))
+    cfg = json.loads(open(f"{folder}/config.json").read())
+    cfg.update(model_type="clinicnet", architectures=["ClinicNetModel"])
+    (dst / "config.json").write_text(json.dumps(cfg))
+
+    model = cbert.load(dst, backend="numpy")
+    assert (model.config.family, model.checkpoint.architecture) == ("clinicnet", "ClinicNetModel")
+    inputs = make_inputs(SHAPES["odd13"][1], 3, 11)
+    got = model.forward(**inputs, output_hidden_states=True, output_attentions=True)
+    want = cbert.load(folder, backend="numpy").forward(**inputs, output_hidden_states=True, output_attentions=True)
+    assert set(got) == set(want) == {"last_hidden_state", "pooler_output", "hidden_states", "attentions"}
+    for key in ("last_hidden_state", "pooler_output"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    for key in ("hidden_states", "attentions"):
+        for i, (g, w) in enumerate(zip(got[key], want[key], strict=True)):
+            np.testing.assert_array_equal(g, w, err_msg=f"{key}[{i}]")

@@ -15,27 +15,14 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
-from ..graph import MLM_NAMES, POOLER, Heads, build
+from ..families import architectures, build_graph, family_of
+from ..heads import Heads
+from ..ir import Graph
 from .safetensors import SafetensorsFile
-
-# The prefix each family's *For* classes put before the base model's own names.
-PREFIX = {"bert": "bert.", "roberta": "roberta.", "distilbert": "distilbert.", "albert": "albert."}
 
 # Buffers, not parameters.
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
-# Hugging Face's MLM forward adds the decoder's own bias; it is tied to the head's bias in
-# released checkpoints, but a model saved untied keeps both and uses the decoder's.
-BIAS_TWINS = {"cls.predictions.bias": "cls.predictions.decoder.bias", "lm_head.bias": "lm_head.decoder.bias",
-              "predictions.bias": "predictions.decoder.bias"}
-
-# Hugging Face class -> (family, heads). Class names per family, and which heads each suffix has.
-CLASS_PREFIX = {"Bert": "bert", "Roberta": "roberta", "XLMRoberta": "roberta", "Camembert": "roberta",
-                "DistilBert": "distilbert", "Albert": "albert"}
-SUFFIX_HEADS = {"Model": (), "ForMaskedLM": ("mlm",), "ForSequenceClassification": ("seq_cls",),
-                "ForTokenClassification": ("token_cls",), "ForQuestionAnswering": ("qa",)}
-ARCHITECTURES = {f"{c}{s}": (fam, heads) for c, fam in CLASS_PREFIX.items() for s, heads in SUFFIX_HEADS.items()}
-ARCHITECTURES["BertForPreTraining"] = ("bert", ("mlm", "nsp"))
 
 @dataclass
 class Checkpoint:
@@ -47,6 +34,13 @@ class Checkpoint:
     loaded: Heads  # every head whose tensors the file holds
     architecture: str
     num_parameters: int
+    # The model's one graph: every head the file holds, every hidden state an output. A forward
+    # selects what it returns from it; host heads are cut from it (cbert.heads).
+    graph: Graph
+
+    def params_for(self, graph: Graph) -> dict[str, np.ndarray]:
+        """The tensors ``graph`` reads."""
+        return {name: self.params[name] for name in graph.params if name in self.params}
 
 
 def find_weights(folder: Path) -> Path:
@@ -67,33 +61,6 @@ def find_weights(folder: Path) -> Path:
     raise CheckpointError(f"{folder}: no model.safetensors in this folder")
 
 
-def _detect_heads(cfg: ModelConfig, names: set[str]) -> tuple[str, ...]:
-    """The heads a file holds, when config.json names no architecture."""
-    fam = cfg.family
-    found = []
-    if MLM_NAMES[fam][0] + ".weight" in names:
-        found.append("mlm")
-    if "cls.seq_relationship.weight" in names:
-        found.append("nsp")
-    if "qa_outputs.weight" in names:
-        found.append("qa")
-    if "pre_classifier.weight" in names or "classifier.out_proj.weight" in names:
-        found.append("seq_cls")
-    elif "classifier.weight" in names:
-        # BERT and ALBERT classify sequences from the pooler; without one it is a token classifier.
-        pooled = fam in POOLER and POOLER[fam] + ".weight" in names
-        found.append("seq_cls" if pooled and fam in ("bert", "albert") else "token_cls")
-    return tuple(found)
-
-
-def _class_name(cfg: ModelConfig, heads: tuple[str, ...]) -> str:
-    for name, (fam, h) in ARCHITECTURES.items():
-        if fam == cfg.family and set(h) == set(heads) and name.startswith(
-                next(c for c, f in CLASS_PREFIX.items() if f == fam)):
-            return name
-    return "+".join(heads)
-
-
 def _labels(cfg: ModelConfig, n: int, source: str, what: str) -> None:
     labels = cfg.id2label
     if not labels:
@@ -110,31 +77,31 @@ def _labels(cfg: ModelConfig, n: int, source: str, what: str) -> None:
 
 def resolve_heads(cfg: ModelConfig, names: dict[str, tuple[int, ...]], source: str) -> tuple[str, Heads, Heads]:
     """(architecture, heads the forward outputs, every head the file holds)."""
-    declared = [a for a in cfg.architectures if a in ARCHITECTURES]
+    family = family_of(cfg)
+    known = architectures()
+    declared = [a for a in cfg.architectures if a in known]
     if cfg.architectures and not declared:
         raise CheckpointError(
             f"{source}: architectures = {cfg.architectures[0]!r} is not supported; cbert runs "
-            f"{', '.join(sorted(ARCHITECTURES))}")
+            f"{', '.join(sorted(known))}")
     if declared:
         arch = declared[0]
-        fam, kinds = ARCHITECTURES[arch]
-        if fam != cfg.family:
-            raise CheckpointError(f"{source}: architectures = {arch!r} is a {fam} class but model_type = "
-                                  f"{cfg.model_type!r}")
+        if known[arch] is not family:
+            raise CheckpointError(f"{source}: architectures = {arch!r} is a {known[arch].name} class but "
+                                  f"model_type = {cfg.model_type!r}")
+        kinds = family.architectures[arch]
     else:
-        kinds = _detect_heads(cfg, set(names))
-        arch = _class_name(cfg, kinds)
-    present = set(_detect_heads(cfg, set(names))) | set(kinds)
-    fam = cfg.family
-    has_pooler = fam in POOLER and POOLER[fam] + ".weight" in names
-    tied = MLM_NAMES[fam][2] not in names
+        kinds = family.detect_heads(names)
+        arch = family.class_name(kinds)
+    present = set(family.detect_heads(names)) | set(kinds)
+    has_pooler = family.has_pooler(names)
+    tied = family.mlm is None or family.mlm.decoder_weight not in names
     n_seq = n_tok = 0
     if "seq_cls" in present:
-        final = "classifier.out_proj.weight" if fam == "roberta" else "classifier.weight"
-        n_seq = names.get(final, (len(cfg.id2label) or 2,))[0]
+        n_seq = names.get(family.seq_cls.out + ".weight", (len(cfg.id2label) or 2,))[0]
         _labels(cfg, n_seq, source, "sequence classifier")
     if "token_cls" in present:
-        n_tok = names.get("classifier.weight", (len(cfg.id2label) or 2,))[0]
+        n_tok = names.get(family.token_cls + ".weight", (len(cfg.id2label) or 2,))[0]
         _labels(cfg, n_tok, source, "token classifier")
     mlm_output = "prediction_logits" if "nsp" in kinds else "logits"
 
@@ -145,7 +112,7 @@ def resolve_heads(cfg: ModelConfig, names: dict[str, tuple[int, ...]], source: s
 
     out = heads(set(kinds))
     # A file may hold more heads than its class outputs (cls.* in a BertModel file): load
-    # them for model.mlm_logits(), but two heads that both output `logits` cannot share a graph.
+    # them for model.mlm_logits(), but never a second head whose Hugging Face output is `logits`.
     extra = present - set(kinds)
     if {"seq_cls", "token_cls"} <= present or ("mlm" in extra and ({"seq_cls", "token_cls"} & set(kinds))):
         extra -= {"seq_cls", "token_cls", "mlm"}
@@ -161,19 +128,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     weights_file = path if path.is_file() else find_weights(folder)
     st = SafetensorsFile(weights_file)
 
-    prefix = PREFIX[cfg.family]
+    family = family_of(cfg)
+    prefix = family.prefix
     canon: dict[str, str] = {}
     for raw in st.names():
         c = raw[len(prefix):] if raw.startswith(prefix) else raw
         if c in canon:
             raise CheckpointError(f"{weights_file}: tensor {c!r} is stored twice (as {canon[c]!r} and {raw!r})")
         canon[c] = raw
-    for name, better in BIAS_TWINS.items():
+    for name, better in family.bias_twins.items():
         if better in canon:
             canon[name] = canon.pop(better)
     arch, heads, loaded = resolve_heads(cfg, {n: st.shape(r) for n, r in canon.items()},
                                         str(folder / "config.json"))
-    want = build(cfg, loaded).param_shapes
+    graph = build_graph(cfg, loaded, output_hidden_states=True)
+    want = graph.param_shapes
 
     missing = [n for n in want if n not in canon]
     if missing:
@@ -181,7 +150,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{weights_file}: missing tensor{'s' if len(missing) > 1 else ''} {', '.join(missing[:5])}{more} "
             f"(config.json says {cfg.num_hidden_layers} layers, architecture {arch})")
-    unexpected = [canon[n] for n in canon if n not in want and n not in BUFFERS and n not in BIAS_TWINS]
+    unexpected = [canon[n] for n in canon if n not in want and n not in BUFFERS and n not in family.bias_twins]
     if unexpected:
         more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
         raise CheckpointError(
@@ -203,4 +172,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(f"{weights_file}: tensor {canon[name]!r} holds NaN or infinite values")
         params[name] = a
     n_params = sum(int(np.prod(s)) for s in want.values())
-    return Checkpoint(folder, cfg, weights_file, params, heads, loaded, arch, n_params)
+    return Checkpoint(folder, cfg, weights_file, params, heads, loaded, arch, n_params, graph)

@@ -9,6 +9,7 @@ The peer helpers (ONNX export, timing) are shared with ``benchmarks/bench_cpu.py
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -48,7 +49,9 @@ def export_onnx(model, path: str) -> list[str]:
     sequence axes; returns the input names the exported graph takes."""
     import torch
 
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.config.model_type != "distilbert" else [])
+    # What the forward takes: a model without token types has no token_type_ids argument.
+    takes = inspect.signature(model.forward).parameters
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in takes]
 
     class Positional(torch.nn.Module):
         # The exporter passes inputs positionally; the forward's argument order is not stable across versions.

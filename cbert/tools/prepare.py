@@ -22,12 +22,12 @@ from ..checkpoint import BUFFERS, SafetensorsFile, load_checkpoint
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..extras import need
+from ..families import by_model_type
 from ..tokenizer import read_lowercase, vocab_is_cased
 
 # TF-ported checkpoints (pytorch-pretrained-bert, Huang's ClinicalBERT) name LayerNorm's parameters
 # gamma/beta; Hugging Face's from_pretrained renames them the same way.
 _RENAMES = ((re.compile(r"\.gamma$"), ".weight"), (re.compile(r"\.beta$"), ".bias"))
-_TIED = ("cls.predictions.decoder.weight", "word_embeddings.weight")
 
 
 @dataclass
@@ -122,8 +122,9 @@ def _drop_tied_decoder(tensors: dict[str, np.ndarray], config: dict) -> None:
     """Hugging Face ties the MLM decoder to the word embeddings and does not save it twice."""
     if config.get("tie_word_embeddings", True) is False:
         return
-    dec = next((k for k in tensors if k.endswith(_TIED[0])), None)
-    emb = next((k for k in tensors if k.endswith("embeddings." + _TIED[1])), None)
+    mlm = by_model_type(config["model_type"]).mlm
+    dec = next((k for k in tensors if mlm and k.endswith(mlm.decoder_weight)), None)
+    emb = next((k for k in tensors if k.endswith("embeddings.word_embeddings.weight")), None)
     if dec and emb and tensors[dec].shape == tensors[emb].shape and np.array_equal(tensors[dec], tensors[emb]):
         del tensors[dec]
 
