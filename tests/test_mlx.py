@@ -26,7 +26,7 @@ from cbert.backends.mlx.lowering import Precision
 from cbert.backends.numpy import NumpyExecutable
 from cbert.backends.numpy import lowering as ref
 from cbert.errors import BackendUnavailable
-from cbert.graph import build_bert
+from cbert.families import build_graph
 from cbert.ir import ACTIVATIONS, Op
 
 F32 = Precision(mx.float32, mx.float32, cpu=True)
@@ -230,7 +230,7 @@ def test_missing_mlx_says_how_to_install():
 def _graph_and_params(checkpoints, name="odd13", **kw):
     folder, _ = checkpoints(name)
     m = cbert.load(folder, backend="numpy")
-    graph = build_bert(m.config, m.checkpoint.heads, **kw)
+    graph = build_graph(m.config, m.checkpoint.heads, **kw)
     return m, graph, m._graph_params(graph)
 
 
