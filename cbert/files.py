@@ -1,11 +1,16 @@
 """Reading files from strangers: regular files only (a FIFO never hangs), bounded JSON, paths
-named inside a folder's files kept inside it. Every failure is a CheckpointError naming the file."""
+named inside a folder's files kept inside it. Every failure is a CheckpointError naming the file.
+And writing a folder for a user: built in a new sibling, renamed into place when complete.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import stat
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import CheckpointError
@@ -93,3 +98,61 @@ def snapshot_root(folder: Path) -> Path:
     if real.parent.name == "snapshots" and (real.parent.parent / "blobs").is_dir():
         return real.parent.parent
     return real
+
+
+# -- writing: a folder built beside its target and renamed into place ------------------------------
+
+NOT_EMPTY = "exists and is not empty; pass --overwrite (overwrite=True) to replace it once the new one is complete"
+
+
+def check_target(out: Path, replace: bool, what: str = "the output folder") -> None:
+    """What ``staged_folder`` refuses: a link (never written through), something not a folder, a
+    non-empty folder unless ``replace``."""
+    if out.is_symlink():
+        raise CheckpointError(f"{out}: {what} is a symbolic link; give the real folder (cbert never writes "
+                              "through links)")
+    if not Path(os.path.abspath(out)).name:
+        raise CheckpointError(f"{out}: {what} must name a folder")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: {what} exists and is not a folder")
+    if out.is_dir() and not replace and any(out.iterdir()):
+        raise CheckpointError(f"{out}: {what} {NOT_EMPTY}")
+
+
+def write_new(path: Path, data: bytes) -> None:
+    with open(path, "xb") as fh:  # exclusive: never through a link, never over a file
+        fh.write(data)
+
+
+@contextmanager
+def staged_folder(out: str | Path, replace: bool = False, what: str = "the output folder"):
+    """Yields a new, empty sibling folder of ``out`` to build in. When the block succeeds it is
+    renamed to ``out`` (an old ``out``, empty or with ``replace``, is moved aside, and deleted only
+    once the new one is in place); when the block fails it is removed and ``out`` is untouched."""
+    out = Path(os.path.abspath(out))
+    check_target(out, replace, what)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
+        try:
+            tmp.mkdir()  # new and ours: nothing in it is a link someone else placed
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp
+        check_target(out, replace, what)  # again: out may have changed while the block ran
+        if not os.path.lexists(out):
+            os.rename(tmp, out)
+            return
+        aside = out.with_name(f".{out.name}.replaced-{secrets.token_hex(4)}")
+        os.rename(out, aside)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            os.rename(aside, out)
+            raise
+        shutil.rmtree(aside)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
