@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError
-from .files import read_json
+from .errors import CheckpointError, shown
+from .files import is_json_int, read_json
 
 # hidden_act as written in config.json -> the activation the IR runs.
 # https://github.com/huggingface/transformers/blob/main/src/transformers/activations.py (ACT2CLS)
@@ -217,28 +217,19 @@ MAX_PARAMETERS = 1 << 34  # about 17 billion, 69 GB of float32
 _LABEL_ID = re.compile(r"[0-9]+")
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a size
-
-
-def _shown(v: object) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
 def check_config_json(d: object, source: str) -> None:
     """What from_dict needs of the parsed file itself: an object whose model_type is a string."""
     if not isinstance(d, dict):
         raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
     if "model_type" in d and not isinstance(d["model_type"], str):
-        raise CheckpointError(f"{source}: model_type = {_shown(d['model_type'])}: expected a string")
+        raise CheckpointError(f"{source}: model_type = {shown(d['model_type'])}: expected a string")
 
 
 def check_fields(cfg: ModelConfig, source: str) -> None:
     """The type and range of every field config.json may set, each error naming the field."""
 
     def bad(name: str, value: object, why: str) -> CheckpointError:
-        return CheckpointError(f"{source}: {name} = {_shown(value)}: {why}")
+        return CheckpointError(f"{source}: {name} = {shown(value)}: {why}")
 
     for name in ("model_type", "hidden_act"):
         if not isinstance(getattr(cfg, name), str):
@@ -248,15 +239,15 @@ def check_fields(cfg: ModelConfig, source: str) -> None:
             raise bad(name, getattr(cfg, name), "expected true or false")
     for name, limit in SIZE_LIMITS.items():
         v = getattr(cfg, name)
-        if not _is_int(v) or v <= 0:
+        if not is_json_int(v) or v <= 0:
             raise bad(name, v, "expected a positive integer")
         if v > limit:
             raise bad(name, v, f"more than cbert's limit of {limit:,} (far beyond any BERT-family model)")
     v = cfg.type_vocab_size
-    if not _is_int(v) or not 0 <= v <= TYPE_VOCAB_LIMIT:
+    if not is_json_int(v) or not 0 <= v <= TYPE_VOCAB_LIMIT:
         raise bad("type_vocab_size", v, f"expected an integer from 0 to {TYPE_VOCAB_LIMIT:,}")
     v = cfg.pad_token_id
-    if not _is_int(v) or not 0 <= v < cfg.vocab_size:
+    if not is_json_int(v) or not 0 <= v < cfg.vocab_size:
         raise bad("pad_token_id", v, f"expected a token id in [0, vocab_size = {cfg.vocab_size})")
     v = cfg.layer_norm_eps
     if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
@@ -270,15 +261,15 @@ def check_fields(cfg: ModelConfig, source: str) -> None:
             raise bad("id2label", labels, "expected a JSON object of id: label")
         ids = set()
         for k, label in labels.items():
-            if not (_is_int(k) and k >= 0 or isinstance(k, str) and _LABEL_ID.fullmatch(k)):
+            if not (is_json_int(k) and k >= 0 or isinstance(k, str) and _LABEL_ID.fullmatch(k)):
                 raise bad("id2label", labels, f"key {k!r} is not a non-negative integer id")
             if int(k) in ids:
                 raise bad("id2label", labels, f"id {int(k)} appears twice")
             ids.add(int(k))
             if not isinstance(label, str):
-                raise bad("id2label", labels, f"label of id {k} is {_shown(label)}, expected a string")
+                raise bad("id2label", labels, f"label of id {k} is {shown(label)}, expected a string")
     v = cfg.extra.get("num_labels")
-    if v is not None and (not _is_int(v) or not 1 <= v <= NUM_LABELS_LIMIT):
+    if v is not None and (not is_json_int(v) or not 1 <= v <= NUM_LABELS_LIMIT):
         raise bad("num_labels", v, f"expected an integer from 1 to {NUM_LABELS_LIMIT:,}")
 
 

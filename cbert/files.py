@@ -37,6 +37,11 @@ def open_regular(path: str | Path) -> int:
     return fd
 
 
+def is_json_int(v: object) -> bool:
+    """An integer as JSON gives one: true/false parse as bools and 1.0 as a float, neither is a size."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def read_bytes(path: str | Path, limit: int = MAX_JSON_BYTES) -> bytes:
     """The whole of a regular file of at most ``limit`` bytes."""
     try:

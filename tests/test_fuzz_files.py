@@ -151,12 +151,13 @@ field_values = (json_values | small_ints | odd_ints | st.integers(1, 2048)
 
 
 def usable(cfg: ModelConfig) -> None:
-    """Everything a load reads from an accepted config works, and the graph builds (kept small here)."""
+    """Everything a load reads from an accepted config works, and the encoder's graph builds (kept small
+    here; which heads it gets is decided from the weights file, not the config)."""
     assert approx_parameters(cfg) <= MAX_PARAMETERS
     assert cfg.max_seq_len >= 1 and cfg.head_dim >= 1
     cfg.activation, cfg.family, cfg.labels(3)
     if cfg.num_hidden_layers <= 48 and approx_parameters(cfg) < 10**9:
-        graph = build(cfg, Heads(pooler=True, mlm=True))
+        graph = build(cfg, Heads())
         assert all(all(isinstance(d, int) and d > 0 for d in s) for s in graph.param_shapes.values())
 
 

@@ -384,3 +384,17 @@ def test_module_cbert_does_not_apply_is_said(pretrain, tmp_path):
     assert p.carried == ["1_Pooling/config.json", "2_Dense/config.json", "modules.json"]
     assert any("'2_Dense' (sentence_transformers.models.Dense) is carried over, but cbert's embed does not apply"
                in s for s in said), said
+
+
+@pytest.mark.parametrize("name", ["config.json", "modules.json", "model.safetensors.index.json", "model.safetensors",
+                                  "pytorch_model.bin"])
+def test_special_files_in_the_snapshot_do_not_hang(pretrain, tmp_path, name):
+    """A FIFO where a file should be: refused at once (opening it for reading would block)."""
+    src = tmp_path / "snap"
+    shutil.copytree(pretrain[0], src)
+    if name != "model.safetensors" and name.startswith(("model", "pytorch")):
+        os.remove(src / "model.safetensors")
+    if (src / name).exists():
+        os.remove(src / name)
+    os.mkfifo(src / name)
+    assert_one_line_error(run("prepare", str(src), str(tmp_path / "out")), f"{name}: is a FIFO, expected a regular")

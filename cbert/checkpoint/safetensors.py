@@ -1,5 +1,6 @@
 """A safetensors reader: the header parsed and checked here, every tensor a read-only numpy
-view into one memory map of the file, so loading makes no second copy of the weights.
+view into one memory map of the file, so loading makes no second copy of the weights (or, with
+``copy=True``, into one private copy of it).
 
 The header is checked as the format's own loader checks it (tensors laid end to end from byte 0
 to the end of the file, no overlap, no gap, sizes matching shapes), so a hostile or damaged file
@@ -9,11 +10,12 @@ A file changed under a running process: a memory map shares the file's pages, so
 only as stable as the file. A file *replaced* (written elsewhere, then renamed over it, as
 ``cbert prepare`` and most tools do) is harmless: the map keeps the old file alive. A file
 rewritten *in place* changes the weights under the model, and one truncated in place makes the
-next read of a page past its new end kill the process with SIGBUS, which no POSIX process can
-turn into an exception. Two defences: :meth:`SafetensorsFile.check_unchanged` (one ``fstat``,
-about a microsecond) turns a change between two uses into a ``CheckpointError``; ``copy=True``
-reads the file into private memory instead, immune to any later change, for one copy of the
-weights in RAM.
+next read of a page past its new end kill the process with SIGBUS (Linux, macOS; Windows refuses
+to truncate a mapped file), which Python cannot turn into an exception. Two defences:
+:meth:`SafetensorsFile.check_unchanged` (one ``fstat``, 1-10 us measured) turns a change between
+two uses into a ``CheckpointError``, though not one during a use; ``copy=True`` reads the file
+into private memory instead, immune to any later change, for one copy of the weights in each
+process's RAM (a map's pages are shared between processes and reclaimable).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError
-from ..files import open_regular
+from ..errors import CheckpointError, shown
+from ..files import is_json_int, open_regular
 
 # safetensors dtype codes -> numpy; BF16 is read as uint16 and widened at load.
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
@@ -52,10 +54,6 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
             raise _DuplicateKey(k)
         d[k] = v
     return d
-
-
-def _is_int(v: object) -> bool:
-    return type(v) is int  # JSON true/false are bools, 1.0 is a float: neither is an offset or a dim
 
 
 def parse_header(raw: bytes, data_len: int, path: Path) -> tuple[dict, dict[str, dict]]:
@@ -86,12 +84,12 @@ def parse_header(raw: bytes, data_len: int, path: Path) -> tuple[dict, dict[str,
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise CheckpointError(f"{where} has unsupported dtype {dtype!r} (cbert reads {', '.join(_DTYPES)})")
-        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_int(d) and d >= 0 for d in shape):
-            raise CheckpointError(f"{where}: shape = {_short(shape)}: expected a list of at most {MAX_DIMS} "
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(is_json_int(d) and d >= 0 for d in shape):
+            raise CheckpointError(f"{where}: shape = {shown(shape)}: expected a list of at most {MAX_DIMS} "
                                   "non-negative integers")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_json_int(o) and o >= 0 for o in offsets)
                 and offsets[0] <= offsets[1]):
-            raise CheckpointError(f"{where}: data_offsets = {_short(offsets)}: expected [begin, end], two "
+            raise CheckpointError(f"{where}: data_offsets = {shown(offsets)}: expected [begin, end], two "
                                   "integers with 0 <= begin <= end")
         begin, end = offsets
         itemsize = np.dtype(_DTYPES[dtype]).itemsize
@@ -119,11 +117,6 @@ def parse_header(raw: bytes, data_len: int, path: Path) -> tuple[dict, dict[str,
         raise CheckpointError(f"{path}: {data_len - at} bytes after the last tensor belong to no tensor "
                               f"(data ends at byte {at} of {data_len})")
     return metadata, header
-
-
-def _short(v: object) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
 
 
 class SafetensorsFile:

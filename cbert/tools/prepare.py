@@ -28,7 +28,7 @@ from ..checkpoint import BUFFERS, SafetensorsFile, load_checkpoint
 from ..config import ModelConfig, check_config_json
 from ..errors import CheckpointError
 from ..extras import need
-from ..files import check_target, inside, parse_json, read_bytes, staged_folder, write_new
+from ..files import check_target, inside, open_regular, parse_json, read_bytes, staged_folder, write_new
 from ..tokenizer import read_lowercase, vocab_is_cased
 
 # TF-ported checkpoints (pytorch-pretrained-bert, Huang's ClinicalBERT) name LayerNorm's parameters
@@ -77,9 +77,9 @@ def weight_files(folder: Path) -> list[Path]:
     """The files holding the weights, safetensors first (no torch needed), then PyTorch .bin."""
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        if (folder / single).is_file():
+        if os.path.lexists(folder / single):  # a directory or FIFO by that name is an error, not skipped
             return [_member(folder, single)]
-        if (folder / index_name).is_file():
+        if os.path.lexists(folder / index_name):
             return _shards(folder, _member(folder, index_name))
     regular = [sorted(p for p in folder.glob(pattern) if p.is_file()) for pattern in ("*.safetensors", "*.bin")]
     others = regular[0] or regular[1]
@@ -101,7 +101,10 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 def _read_bin(path: Path) -> dict[str, np.ndarray]:
     torch = need("torch", f"reading {path.name}")
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(open_regular(path), "rb") as fh:  # a FIFO is refused, not read forever
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as e:  # pickle, zip and torch errors all mean the same thing here
         why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (torch.load with weights_only=True "
