@@ -1,6 +1,12 @@
-"""Reading files from strangers: regular files only (a FIFO never hangs), bounded JSON, paths
-named inside a folder's files kept inside it. Every failure is a CheckpointError naming the file.
-And writing a folder for a user: built in a new sibling, renamed into place when complete.
+"""Files cbert reads from strangers and writes for users.
+
+Reading: regular files only (a FIFO or device is refused, never waited on), JSON of bounded size
+and depth, and paths that a folder's own files name (a shard index, modules.json) kept inside
+that folder. Every failure is a CheckpointError naming the file.
+
+Writing: complete or not at all, never over their files unasked. Everything cbert writes goes to
+a temporary sibling first and is renamed into place once complete, so an interrupted or failing
+write leaves what was there before. A symlink is never written through.
 """
 
 from __future__ import annotations
@@ -10,10 +16,13 @@ import os
 import secrets
 import shutil
 import stat
+import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import IO
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError
 
 MAX_JSON_BYTES = 64 << 20  # config, tokenizer and index files; the largest tokenizer.json is ~20 MB
 
@@ -105,7 +114,44 @@ def snapshot_root(folder: Path) -> Path:
     return real
 
 
-# -- writing: a folder built beside its target and renamed into place ------------------------------
+# -- writing: one file ----------------------------------------------------------------------------
+
+def check_writable(path: str | Path, overwrite: bool, flag: str = "--overwrite") -> Path:
+    """The path to write, refused (UsageError) if it is a folder, a symlink, in a missing folder,
+    or an existing file without ``overwrite``."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UsageError(f"{path}: is a symbolic link; cbert does not write through links")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: the folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path}: already exists; pass {flag} to replace it")
+    return path
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None], overwrite: bool = False,
+                 flag: str = "--overwrite") -> Path:
+    """Call ``write(file)`` on a temporary sibling of ``path`` and rename it into place."""
+    path = check_writable(path, overwrite, flag)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -- writing: a folder built beside its target ------------------------------------------------------
 
 NOT_EMPTY = "exists and is not empty; pass --overwrite (overwrite=True) to replace it once the new one is complete"
 
@@ -114,14 +160,14 @@ def check_target(out: Path, replace: bool, what: str = "the output folder") -> N
     """What ``staged_folder`` refuses: a link (never written through), something not a folder, a
     non-empty folder unless ``replace``."""
     if out.is_symlink():
-        raise CheckpointError(f"{out}: {what} is a symbolic link; give the real folder (cbert never writes "
-                              "through links)")
+        raise UsageError(f"{out}: {what} is a symbolic link; give the real folder (cbert does not write "
+                         "through links)")
     if not Path(os.path.abspath(out)).name:
-        raise CheckpointError(f"{out}: {what} must name a folder")
+        raise UsageError(f"{out}: {what} must name a folder")
     if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out}: {what} exists and is not a folder")
+        raise UsageError(f"{out}: {what} exists and is not a folder")
     if out.is_dir() and not replace and any(out.iterdir()):
-        raise CheckpointError(f"{out}: {what} {NOT_EMPTY}")
+        raise UsageError(f"{out}: {what} {NOT_EMPTY}")
 
 
 def write_new(path: Path, data: bytes) -> None:
@@ -136,16 +182,22 @@ def staged_folder(out: str | Path, replace: bool = False, what: str = "the outpu
     once the new one is in place); when the block fails it is removed and ``out`` is untouched."""
     out = Path(os.path.abspath(out))
     check_target(out, replace, what)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
-        try:
-            tmp.mkdir()  # new and ours: nothing in it is a link someone else placed
-            break
-        except FileExistsError:
-            continue
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            # Not mkdtemp: its 0700 would become OUT's mode. A new name, made here: nothing in it
+            # is a link someone else placed.
+            tmp = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
+            try:
+                tmp.mkdir()
+                break
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write in {out.parent} ({e.strerror})") from None
     try:
         yield tmp
+        _sync_tree(tmp)  # on disk before it takes OUT's name, as write_atomic does for a file
         check_target(out, replace, what)  # again: out may have changed while the block ran
         if not os.path.lexists(out):
             os.rename(tmp, out)
@@ -161,3 +213,19 @@ def staged_folder(out: str | Path, replace: bool = False, what: str = "the outpu
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _sync_tree(folder: Path) -> None:
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    if os.name == "posix":  # a folder's entries are synced through the folder itself
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..checkpoint import BUFFERS, SafetensorsFile, load_checkpoint
 from ..config import ModelConfig, check_config_json
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from ..extras import need
 from ..files import check_target, inside, open_regular, parse_json, read_bytes, staged_folder, write_new
 from ..tokenizer import read_lowercase, vocab_is_cased
@@ -237,10 +237,10 @@ def check_out(out: Path, src: Path | None = None, overwrite: bool = False) -> No
     if not out.exists() or not any(out.iterdir()):
         return
     if src is not None and (out.resolve() == src.resolve() or out.resolve() in src.resolve().parents):
-        raise CheckpointError(f"{out}: OUT must be a new folder, not the snapshot itself or a folder holding it")
+        raise UsageError(f"{out}: OUT must be a new folder, not the snapshot itself or a folder holding it")
     if not (out / "config.json").is_file():
-        raise CheckpointError(f"{out}: OUT is not a checkpoint folder (no config.json); not replacing it, even "
-                              "with --overwrite")
+        raise UsageError(f"{out}: OUT is not a checkpoint folder (no config.json); not replacing it, even "
+                         "with --overwrite")
 
 
 def _verify(folder: Path, tensors: dict[str, np.ndarray]) -> tuple[str, int]:
