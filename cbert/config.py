@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, shown
 from .families import by_model_type, family_of, model_types
+from .files import is_json_int, read_json
 
 # hidden_act as written in config.json -> the activation the IR runs.
 # https://github.com/huggingface/transformers/blob/main/src/transformers/activations.py (ACT2CLS)
@@ -66,17 +69,15 @@ class ModelConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no config.json (a checkpoint folder needs one)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        if not os.path.lexists(path):
+            raise CheckpointError(f"{path}: no config.json (a checkpoint folder needs one)")
+        d = read_json(path)  # a directory, a FIFO, non-UTF-8 or bad JSON: one CheckpointError
+        check_config_json(d, str(path))
         return cls.from_dict(d, source=str(path))
 
     def validate(self, source: str = "config.json") -> None:
+        check_fields(self, source)  # types and bounds first: nothing below may divide by zero or hash a list
+
         def bad(field_name: str, why: str) -> CheckpointError:
             return CheckpointError(f"{source}: {field_name} = {getattr(self, field_name)!r}: {why}")
 
@@ -94,25 +95,12 @@ class ModelConfig:
             raise bad("is_decoder", "decoder configurations are not supported (encoders only)")
         if self.add_cross_attention:
             raise bad("add_cross_attention", "cross-attention is not supported (encoders only)")
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "embedding_size",
-            "num_hidden_groups",
-            "inner_group_num",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise bad(name, "expected a positive integer")
         if self.hidden_size % self.num_attention_heads:
             raise bad(
                 "hidden_size",
                 f"not divisible by num_attention_heads = {self.num_attention_heads}",
             )
+        check_implied_sizes(self, source)
 
     @property
     def family(self) -> str:
@@ -197,3 +185,93 @@ def recognise(cfg: ModelConfig, name_or_path: str = "") -> list[str]:
 
 
 BertConfig = ModelConfig  # the name users of the BERT-only API know
+
+
+# -- bounds: a config.json from a stranger is checked before anything is built from it -----------
+
+# Far beyond any BERT-family encoder (XLM-RoBERTa-XXL: 48 layers of 4096, a 250k vocabulary,
+# 10.7B parameters), small enough that no config can make cbert build a billion layers.
+SIZE_LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "num_hidden_layers": 1024,
+               "num_attention_heads": 1 << 12, "intermediate_size": 1 << 18, "max_position_embeddings": 1 << 16,
+               "embedding_size": 1 << 16, "num_hidden_groups": 1024, "inner_group_num": 1024}
+TYPE_VOCAB_LIMIT = 1 << 12
+NUM_LABELS_LIMIT = 1 << 20
+MAX_PARAMETERS = 1 << 34  # about 17 billion, 69 GB of float32
+_LABEL_ID = re.compile(r"[0-9]+")
+
+
+def check_config_json(d: object, source: str) -> None:
+    """What from_dict needs of the parsed file itself: an object whose model_type is a string."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    if "model_type" in d and not isinstance(d["model_type"], str):
+        raise CheckpointError(f"{source}: model_type = {shown(d['model_type'])}: expected a string")
+
+
+def check_fields(cfg: ModelConfig, source: str) -> None:
+    """The type and range of every field config.json may set, each error naming the field."""
+
+    def bad(name: str, value: object, why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {name} = {shown(value)}: {why}")
+
+    for name in ("model_type", "hidden_act"):
+        if not isinstance(getattr(cfg, name), str):
+            raise bad(name, getattr(cfg, name), "expected a string")
+    for name in ("is_decoder", "add_cross_attention"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise bad(name, getattr(cfg, name), "expected true or false")
+    for name, limit in SIZE_LIMITS.items():
+        v = getattr(cfg, name)
+        if not is_json_int(v) or v <= 0:
+            raise bad(name, v, "expected a positive integer")
+        if v > limit:
+            raise bad(name, v, f"more than cbert's limit of {limit:,} (far beyond any BERT-family model)")
+    v = cfg.type_vocab_size
+    if not is_json_int(v) or not 0 <= v <= TYPE_VOCAB_LIMIT:
+        raise bad("type_vocab_size", v, f"expected an integer from 0 to {TYPE_VOCAB_LIMIT:,}")
+    v = cfg.pad_token_id
+    if not is_json_int(v) or not 0 <= v < cfg.vocab_size:
+        raise bad("pad_token_id", v, f"expected a token id in [0, vocab_size = {cfg.vocab_size})")
+    v = cfg.layer_norm_eps
+    if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+        raise bad("layer_norm_eps", v, "expected a positive finite number")
+    v = cfg.architectures
+    if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+        raise bad("architectures", v, "expected a list of class names")
+    labels = cfg.extra.get("id2label")
+    if labels is not None:
+        if not isinstance(labels, dict):
+            raise bad("id2label", labels, "expected a JSON object of id: label")
+        ids = set()
+        for k, label in labels.items():
+            if not (is_json_int(k) and k >= 0 or isinstance(k, str) and _LABEL_ID.fullmatch(k)):
+                raise bad("id2label", labels, f"key {k!r} is not a non-negative integer id")
+            if int(k) in ids:
+                raise bad("id2label", labels, f"id {int(k)} appears twice")
+            ids.add(int(k))
+            if not isinstance(label, str):
+                raise bad("id2label", labels, f"label of id {k} is {shown(label)}, expected a string")
+    v = cfg.extra.get("num_labels")
+    if v is not None and (not is_json_int(v) or not 1 <= v <= NUM_LABELS_LIMIT):
+        raise bad("num_labels", v, f"expected an integer from 1 to {NUM_LABELS_LIMIT:,}")
+
+
+def approx_parameters(cfg: ModelConfig) -> int:
+    """An upper bound on the weights config.json implies: embeddings and every layer (ALBERT's
+    shared layers counted each time), heads aside (at most one more vocabulary x hidden)."""
+    E, H, F = cfg.embedding_size, cfg.hidden_size, cfg.intermediate_size
+    embeddings = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * E + E * H
+    return embeddings + cfg.num_hidden_layers * (4 * H * H + 2 * H * F) + cfg.vocab_size * H
+
+
+def check_implied_sizes(cfg: ModelConfig, source: str) -> None:
+    """What the fields imply together: room for at least one token, and a model that fits a machine."""
+    if cfg.max_seq_len < 1:
+        raise CheckpointError(f"{source}: max_position_embeddings = {cfg.max_position_embeddings} with pad_token_id "
+                              f"= {cfg.pad_token_id} leaves a maximum sequence length of {cfg.max_seq_len}")
+    n = approx_parameters(cfg)
+    if n > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{source}: the sizes imply about {n:,} parameters (num_hidden_layers = {cfg.num_hidden_layers}, "
+            f"hidden_size = {cfg.hidden_size}, intermediate_size = {cfg.intermediate_size}, vocab_size = "
+            f"{cfg.vocab_size}), more than cbert's limit of {MAX_PARAMETERS:,}")

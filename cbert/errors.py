@@ -19,3 +19,9 @@ class BackendUnavailable(ImportError):
 
 class UsageError(ValueError):
     """A mistake on the command line that argparse cannot see (a missing file, no default model)."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value as an error message quotes it: its repr, cut short (a stranger's file may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

