@@ -177,8 +177,9 @@ def model_types() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def by_model_type(model_type: str) -> Family | None:
-    return _REGISTRY.get(model_type)
+def by_model_type(model_type) -> Family | None:
+    """The family of a config.json ``model_type``; None for an unknown one (or a non-string)."""
+    return _REGISTRY.get(model_type) if isinstance(model_type, str) else None
 
 
 def architectures() -> dict[str, Family]:
