@@ -176,7 +176,8 @@ class SafetensorsFile:
             how = (f"truncated from {was} to {st.st_size} bytes" if st.st_size < was else
                    f"rewritten in place ({was} -> {st.st_size} bytes, modified since load)")
             raise CheckpointError(f"{self.path}: {how}; the memory-mapped weights are no longer the ones "
-                                  "loaded: load the model again (or load with copy=True to keep a private copy)")
+                                  "loaded: load the model again (cbert.load(..., copy_weights=True) keeps a "
+                                  "private copy that no change to the file reaches)")
 
     def names(self) -> list[str]:
         return list(self.header)
