@@ -215,7 +215,9 @@ def test_concurrent_clients_share_forwards_and_equal_serial(batch_across_request
     gate = Gate(model)
     requests = [[t] for t in TEXTS] + [TEXTS[:2], TEXTS[1:], [long_text(700, seed=2), TEXTS[3]]]
     requests += [[f"note {i}: {TEXTS[i % 4].lower()}"] for i in range(6)]
-    with serving(model, pooling="mean", normalize=True, batch_across_requests=batch_across_requests) as (url, app):
+    # forward_tokens: pack by the budget alone, so the count of forwards below is exact.
+    with serving(model, pooling="mean", normalize=True, batch_across_requests=batch_across_requests,
+                 forward_tokens=10**6) as (url, app):
         with ThreadPoolExecutor(len(requests)) as pool:
             futures = [pool.submit(call, url, "/v1/embeddings", {"input": r}) for r in requests]
             n_inputs = sum(map(len, requests))

@@ -24,6 +24,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -73,7 +83,8 @@ def cmd_serve(args) -> int:
     settings = ServeSettings(
         model_name=args.served_model_name or Path(args.model).resolve().name, pooling=pooling, normalize=normalize,
         window_aggregation=args.window_aggregation, aggregation=args.aggregation, stride=args.stride,
-        max_batch_tokens=args.max_batch_tokens, max_client_batch_size=args.max_client_batch_size,
+        max_batch_tokens=args.max_batch_tokens, forward_tokens=args.forward_cost_tokens,
+        max_client_batch_size=args.max_client_batch_size,
         max_queue=args.max_queue, max_input_tokens=args.max_input_tokens, max_request_bytes=args.max_request_bytes,
         api_key=args.api_key or None, batch_across_requests=not args.no_batching)
     app = create_app(model, settings)
@@ -103,6 +114,10 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--port", type=int, default=8080, help="port (0: any free port; the one chosen is printed)")
     s.add_argument("--max-batch-tokens", type=_positive, default=16384,
                    help="token budget of one forward: rows x padded length (default 16384)")
+    s.add_argument("--forward-cost-tokens", type=_non_negative, default=32, metavar="N", help=(
+        "a forward's fixed cost counted in padded tokens: a batch takes a longer input only when padding its rows "
+        "to the longer bucket costs at most this; otherwise the longer inputs get a forward of their own "
+        "(default 32, right for CPUs; raise it where a forward's launch costs more than its arithmetic)"))
     s.add_argument("--max-client-batch-size", type=_positive, default=64, help="most inputs in one request")
     s.add_argument("--max-queue", type=_positive, default=512,
                    help="most inputs waiting or being computed; beyond it requests get 429 with Retry-After")

@@ -40,6 +40,7 @@ class ServeSettings:
     aggregation: str = "mean"  # how a long text's window probabilities combine in /predict, as cbert classify
     stride: int | None = None
     max_batch_tokens: int = 16384
+    forward_tokens: int = 32  # a forward's fixed cost in padded tokens: more padding than this, another forward
     max_client_batch_size: int = 64
     max_queue: int = 512
     max_input_tokens: int = 16384
@@ -70,7 +71,7 @@ class _Routes:
         self.settings = settings
         self.metrics = Metrics()
         self.engine = Engine(model, settings.pooling, settings.max_batch_tokens, settings.max_queue, self.metrics,
-                             settings.batch_across_requests)
+                             settings.batch_across_requests, forward_tokens=settings.forward_tokens)
         self.metrics.queued_inputs = lambda: self.engine.queued_inputs
         self.pipeline = Pipeline(model, settings.pooling, settings.normalize, settings.window_aggregation,
                                  settings.stride, settings.max_input_tokens)

@@ -55,12 +55,13 @@ class _Item:
 
 class Engine:
     def __init__(self, model, pooling: str, max_batch_tokens: int, max_queue: int, metrics: Metrics,
-                 batch_across_requests: bool = True, max_batch_size: int | None = None):
+                 batch_across_requests: bool = True, max_batch_size: int | None = None, forward_tokens: int = 32):
         self.model = model
         self.pooling = pooling
         self.max_batch_tokens = max_batch_tokens
         self.max_queue = max_queue
         self.max_batch_size = max_batch_size
+        self.forward_tokens = forward_tokens  # a forward's fixed cost in padded tokens: see plan_batches
         self.batch_across_requests = batch_across_requests
         self.metrics = metrics
         self._pending: list[_Item] = []
@@ -69,6 +70,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.healthy = True
+        plan_batches([], model.config.max_seq_len, max_batch_tokens, max_batch_size, forward_tokens)  # checks them
         smallest = seq_buckets(model.config.max_seq_len)[0]
         self._lookahead = max(1, max_batch_tokens // smallest, max_batch_size or 1)
 
@@ -148,7 +150,7 @@ class Engine:
             if not self.batch_across_requests:  # one request per forward, for comparison
                 candidates = [it for it in region if it.job is region[0].job]
             plan = plan_batches([len(it.window.ids) for it in candidates], self.model.config.max_seq_len,
-                                self.max_batch_tokens, self.max_batch_size)
+                                self.max_batch_tokens, self.max_batch_size, self.forward_tokens)
             batch = next(b for b in plan if 0 in b.indices)  # the batch holding the oldest window
             chosen = [candidates[i] for i in batch.indices]
             taken = {id(it) for it in chosen}
