@@ -33,6 +33,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--backend", default="numpy", choices=["numpy", "mlx", "wgpu"])
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=20.0, help="measured load per system")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating slices the seconds are cut into")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured load first (compiles, caches)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS / torch threads")
     ap.add_argument("--notes", type=int, default=1000, help="distinct generated notes the clients cycle through")
@@ -94,6 +95,7 @@ def load(call, n_clients: int, seconds: float, n_texts: int) -> dict:
                 call(k, idx)
             except Exception as e:  # counted, and the load goes on
                 errors.append(f"{type(e).__name__}: {e}")
+                time.sleep(0.1)
                 continue
             latencies[k].append(time.perf_counter() - t0)
             done_texts[k].append(idx)
@@ -104,19 +106,16 @@ def load(call, n_clients: int, seconds: float, n_texts: int) -> dict:
         t.start()
     for t in threads:
         t.join(timeout=seconds + 300)
-    elapsed = time.perf_counter() - start
-    flat = [x for lat in latencies for x in lat]
-    return {"requests": len(flat), "seconds": elapsed, "requests_per_s": len(flat) / elapsed,
-            "p50_ms": 1000 * percentile(flat, 50), "p99_ms": 1000 * percentile(flat, 99), "errors": len(errors),
-            "first_error": errors[0] if errors else None, "texts": [i for d in done_texts for i in d]}
+    return {"seconds": time.perf_counter() - start, "latencies": [x for lat in latencies for x in lat],
+            "errors": errors, "texts": [i for d in done_texts for i in d]}
 
 
-class Server:
-    """``cbert serve`` in a subprocess on a free loopback port."""
+class CbertServer:
+    """``cbert serve`` in a subprocess on a free loopback port, one keep-alive connection per client."""
 
-    def __init__(self, model: str, extra: list[str]):
+    def __init__(self, model: str, texts: list[str], batching: bool):
         cmd = [sys.executable, "-m", "cbert.cli", "serve", "--model", model, "--backend", ARGS.backend, "--port", "0",
-               "--max-queue", str(max(512, 2 * ARGS.clients)), *extra]
+               "--max-queue", str(max(512, 2 * ARGS.clients)), *([] if batching else ["--no-batching"])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "CBERT_API_KEY": ""})
         line = self.proc.stderr.readline()
@@ -130,22 +129,47 @@ class Server:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("cbert serve did not become healthy")
             time.sleep(0.1)
+        self.conns = [self._connect() for _ in range(ARGS.clients)]
+        self.bodies = [json.dumps({"input": t, "model": "bench", "encoding_format": "base64"}).encode() for t in texts]
+        self.seen: dict[int, np.ndarray] = {}
+
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=300)
 
     def _healthy(self) -> bool:
         try:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+            conn = self._connect()
             conn.request("GET", "/health")
             return conn.getresponse().status == 200
         except OSError:
             return False
 
+    def call(self, k: int, idx: int) -> None:
+        for attempt in (0, 1):  # a keep-alive connection the server closed while idle is opened again, once
+            try:
+                self.conns[k].request("POST", "/v1/embeddings", self.bodies[idx], {"Content-Type": "application/json"})
+                r = self.conns[k].getresponse()
+                data = r.read()
+                break
+            except (OSError, http.client.HTTPException):
+                self.conns[k].close()
+                self.conns[k] = self._connect()
+                if attempt:
+                    raise
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
+        if idx not in self.seen:  # decode each note's first answer, to compare with model.embed
+            self.seen[idx] = np.frombuffer(base64.b64decode(json.loads(data)["data"][0]["embedding"]), "<f4")
+
     def metrics(self) -> dict[str, float]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn = self._connect()
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")}
 
     def stop(self) -> None:
+        for c in self.conns:
+            c.close()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
@@ -153,57 +177,26 @@ class Server:
             self.proc.kill()
 
 
-def bench_server(model: str, texts: list[str], batching: bool) -> tuple[dict, dict[int, np.ndarray]]:
-    server = Server(model, [] if batching else ["--no-batching"])
-    conns = [http.client.HTTPConnection(server.host, server.port, timeout=120) for _ in range(ARGS.clients)]
-    bodies = [json.dumps({"input": t, "model": "bench", "encoding_format": "base64"}).encode() for t in texts]
-    seen: dict[int, np.ndarray] = {}
+class SentenceTransformersThreads:
+    """sentence-transformers' encode, one note per call, from the client threads themselves."""
 
-    def call(k: int, idx: int) -> None:
-        try:
-            conns[k].request("POST", "/v1/embeddings", bodies[idx], {"Content-Type": "application/json"})
-            r = conns[k].getresponse()
-            data = r.read()
-        except (OSError, http.client.HTTPException):
-            conns[k].close()  # the next request opens a fresh connection
-            raise
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
-        if idx not in seen:  # decode each note's first answer, to compare with model.embed
-            seen[idx] = np.frombuffer(base64.b64decode(json.loads(data)["data"][0]["embedding"]), "<f4")
+    def __init__(self, model: str, texts: list[str]):
+        import torch
+        from sentence_transformers import SentenceTransformer
 
-    try:
-        load(call, ARGS.clients, ARGS.warmup, len(texts))
-        before = server.metrics()
-        result = load(call, ARGS.clients, ARGS.seconds, len(texts))
-        after = server.metrics()
-        forwards = after["cbert_forward_duration_seconds_count"] - before["cbert_forward_duration_seconds_count"]
-        result["forwards"] = int(forwards)
-        result["forward_busy"] = (after["cbert_forward_duration_seconds_sum"]
-                                  - before["cbert_forward_duration_seconds_sum"]) / result["seconds"]
-        result["padded_tokens_per_forward"] = (after["cbert_batch_tokens_sum"] - before["cbert_batch_tokens_sum"]
-                                               ) / max(forwards, 1)
-    finally:
-        for c in conns:
-            c.close()
-        server.stop()
-    return result, seen
+        torch.set_num_threads(ARGS.threads)
+        self.st = SentenceTransformer(model, device="cpu")
+        self.texts = texts
+        self.seen: dict[int, np.ndarray] = {}
 
+    def call(self, k: int, idx: int) -> None:
+        self.seen.setdefault(idx, self.st.encode([self.texts[idx]], convert_to_numpy=True)[0])
 
-def bench_sentence_transformers(model: str, texts: list[str]) -> tuple[dict, dict[int, np.ndarray]]:
-    import torch
-    from sentence_transformers import SentenceTransformer
+    def metrics(self) -> dict[str, float]:
+        return {}
 
-    torch.set_num_threads(ARGS.threads)
-    st = SentenceTransformer(model, device="cpu")
-    seen: dict[int, np.ndarray] = {}
-
-    def call(k: int, idx: int) -> None:
-        v = st.encode([texts[idx]], convert_to_numpy=True)[0]
-        seen.setdefault(idx, v)
-
-    load(call, ARGS.clients, ARGS.warmup, len(texts))
-    return load(call, ARGS.clients, ARGS.seconds, len(texts)), seen
+    def stop(self) -> None:
+        pass
 
 
 def main() -> int:
@@ -212,37 +205,63 @@ def main() -> int:
     pooling, normalize = sentence_transformers_defaults(model)
     reference = cbert.load(model, backend="numpy")
     n_tokens = np.array([len(e.ids) for e in reference.tokenizer.encode(texts, check_length=False)])
-    print(f"{reference!r}; {ARGS.clients} clients x {ARGS.seconds:g} s per system, {ARGS.threads} threads, "
-          f"{len(texts)} notes of {n_tokens.min()}-{n_tokens.max()} tokens (mean {n_tokens.mean():.0f}), "
-          f"backend {ARGS.backend}", flush=True)
-    runs = {
-        "batched": lambda: bench_server(model, texts, batching=True),
-        "unbatched": lambda: bench_server(model, texts, batching=False),
-        "sentence-transformers": lambda: bench_sentence_transformers(model, texts),
-    }
-    results: dict[str, dict] = {}
+    print(f"{reference!r}; {ARGS.clients} clients x {ARGS.seconds:g} s per system in {ARGS.rounds} alternating "
+          f"slices, {ARGS.threads} threads, {len(texts)} notes of {n_tokens.min()}-{n_tokens.max()} tokens "
+          f"(mean {n_tokens.mean():.0f}), backend {ARGS.backend}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    makers = {"batched": lambda: CbertServer(model, texts, batching=True),
+              "unbatched": lambda: CbertServer(model, texts, batching=False),
+              "sentence-transformers": lambda: SentenceTransformersThreads(model, texts)}
+    systems = {}
     for name in ARGS.systems.split(","):
-        if name == "sentence-transformers":
-            try:
-                import sentence_transformers  # noqa: F401
-            except ImportError:
-                print(f"{name}: not installed, skipped", flush=True)
-                continue
-        result, seen = runs[name]()
-        idx = sorted(seen)
+        try:
+            systems[name] = makers[name]()
+        except ImportError as e:
+            print(f"{name}: not installed ({e}), skipped", flush=True)
+    runs: dict[str, list[tuple[dict, dict, dict]]] = {name: [] for name in systems}
+    try:
+        for system in systems.values():
+            load(system.call, ARGS.clients, ARGS.warmup, len(texts))
+        # Alternating slices: a machine whose load drifts (a shared one) weighs on every system alike.
+        for _ in range(ARGS.rounds):
+            for name, system in systems.items():
+                before = system.metrics()
+                run = load(system.call, ARGS.clients, ARGS.seconds / ARGS.rounds, len(texts))
+                runs[name].append((before, run, system.metrics()))
+    finally:
+        for system in systems.values():
+            system.stop()
+
+    results: dict[str, dict] = {}
+    for name, system in systems.items():
+        seconds = sum(r["seconds"] for _, r, _ in runs[name])
+        latencies = [x for _, r, _ in runs[name] for x in r["latencies"]]
+        errors = [e for _, r, _ in runs[name] for e in r["errors"]]
+        done = [i for _, r, _ in runs[name] for i in r["texts"]]
+        idx = sorted(system.seen)
         want = reference.embed([texts[i] for i in idx], pooling=pooling or "mean", normalize=normalize)
-        result["max_abs_diff_vs_model_embed"] = float(np.abs(np.stack([seen[i] for i in idx]) - want).max())
-        result["tokens_per_s"] = float(n_tokens[result.pop("texts")].sum() / result["seconds"])
+        result = {"requests_per_s": len(latencies) / seconds, "tokens_per_s": float(n_tokens[done].sum() / seconds),
+                  "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
+                  "requests": len(latencies), "seconds": seconds, "errors": len(errors),
+                  "max_abs_diff_vs_model_embed": float(np.abs(np.stack([system.seen[i] for i in idx]) - want).max())}
+        line = (f"{name:>22}: {result['requests_per_s']:8.1f} req/s {result['tokens_per_s']:9.0f} tokens/s  "
+                f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {len(errors)}"
+                + (f" (first: {errors[0]})" if errors else "")
+                + f"  max |answer - model.embed| {result['max_abs_diff_vs_model_embed']:.1e}")
+        if runs[name][0][0]:  # the server's own metrics: forwards, their size, how busy the model was
+            def delta(key: str, slices=runs[name]) -> float:
+                return sum(after[key] - before[key] for before, _, after in slices)
+
+            forwards = delta("cbert_forward_duration_seconds_count")
+            result.update(forwards=int(forwards), padded_tokens_per_forward=delta("cbert_batch_tokens_sum") / forwards,
+                          model_busy=delta("cbert_forward_duration_seconds_sum") / seconds)
+            line += (f"  {result['forwards']} forwards of {result['padded_tokens_per_forward']:.0f} padded tokens, "
+                     f"model busy {100 * result['model_busy']:.0f}%")
         results[name] = result
-        print(f"{name:>22}: {result['requests_per_s']:8.1f} req/s {result['tokens_per_s']:9.0f} tokens/s  "
-              f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}"
-              + (f" (first: {result['first_error']})" if result["errors"] else "") + "  "
-              f"max |answer - model.embed| {result['max_abs_diff_vs_model_embed']:.1e}"
-              + (f"  {result['forwards']} forwards of {result['padded_tokens_per_forward']:.0f} padded tokens, "
-                 f"model busy {100 * result['forward_busy']:.0f}%" if "forwards" in result else ""), flush=True)
+        print(line, flush=True)
     if "batched" in results and "unbatched" in results:
         ratio = results["batched"]["requests_per_s"] / results["unbatched"]["requests_per_s"]
-        print(f"batching across requests: {ratio:.2f}x the throughput of one request per forward")
+        print(f"batching across requests: {ratio:.2f}x the throughput of one request per forward "
+              f"(load average now {os.getloadavg()[0]:.1f})")
         results["batched_over_unbatched"] = ratio
     if ARGS.json:
         Path(ARGS.json).write_text(json.dumps({"args": vars(ARGS), "results": results}, indent=2))
