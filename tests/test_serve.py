@@ -300,6 +300,8 @@ BAD = [  # route, body (dict, or raw bytes), status, words the message must hold
     ("/v1/embeddings", {"input": [[5, 6], [7, "x"]]}, 400, "input[1][1] is str"),
     ("/v1/embeddings", {"input": [[2, 5, 4000, 3]]}, 400, "input[0][2] = 4000 is outside the vocabulary [0, 101)"),
     ("/v1/embeddings", {"input": [[]]}, 400, "input[0] is an empty token-id list"),
+    ("/v1/embeddings", {"input": [[2] * 45]}, 400, "input[0] is 45 special tokens and no text, more than the "
+                                                   "model's 40 positions"),
     ("/embed", {"inputs": "a", "normalize": "yes"}, 422, "normalize must be true or false"),
     ("/embed", {"inputs": "a", "truncate": 1}, 422, "truncate must be true or false"),
     ("/v1/embeddings", {"input": "a", "dimensions": 99}, 400, "dimensions=99"),
@@ -336,6 +338,28 @@ def test_bad_inputs_are_4xx_naming_the_field_and_the_server_keeps_serving(checkp
         assert call(url, "/embed", {"inputs": [long_text(150)], "truncate": True})[0] == 200
         assert call(url, "/nowhere", {"inputs": "a"})[0] == 404
     assert call_refused(url)
+
+
+def test_a_failed_forward_fails_its_requests_and_the_server_recovers(checkpoints):
+    folder, _ = checkpoints("odd13")
+    model = cbert.load(folder, backend="numpy")
+    forward, failures = model.forward, [RuntimeError("device lost")]
+
+    def flaky(**inputs):
+        if failures:
+            raise failures.pop()
+        return forward(**inputs)
+
+    model.forward = flaky
+    with serving(model) as (url, _):
+        status, _, got = call(url, "/embed", {"inputs": "no fever"})
+        assert status == 424 and got == {"error": "the forward failed: RuntimeError: device lost",
+                                         "error_type": "Backend"}
+        status, _, got = call(url, "/health")
+        assert status == 503 and got["error_type"] == "Unhealthy"
+        status, _, got = call(url, "/v1/embeddings", {"input": "no fever"})
+        assert status == 200 and len(got["data"]) == 1
+        assert call(url, "/health")[0] == 200
 
 
 def call_refused(url: str) -> bool:

@@ -269,7 +269,7 @@ class _Routes:
 
     async def health(self, request: Request, body: None):
         if not self.engine.healthy:
-            raise ApiError("unhealthy", "unhealthy: the last forward failed in the backend")
+            raise ApiError("unhealthy", "unhealthy: the model's worker stopped, or its last forward failed")
         return Response(status_code=200)
 
     async def metrics_text(self, request: Request, body: None):

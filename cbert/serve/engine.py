@@ -69,10 +69,15 @@ class Engine:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.healthy = True
+        self._last_forward_ok = True
         plan_batches([], model.config.max_seq_len, max_batch_tokens, max_batch_size, forward_tokens)  # checks them
         smallest = seq_buckets(model.config.max_seq_len)[0]
         self._lookahead = max(1, max_batch_tokens // smallest, max_batch_size or 1)
+
+    @property
+    def healthy(self) -> bool:
+        """The worker runs, and its last forward did not fail in the backend."""
+        return self._thread is not None and self._thread.is_alive() and self._last_forward_ok
 
     @property
     def queued_inputs(self) -> int:
@@ -94,6 +99,9 @@ class Engine:
                on_done: Callable[[list[np.ndarray] | BaseException], None]) -> Job:
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r}; choose one of {', '.join(OUTPUTS)}")
+        max_len = self.model.config.max_seq_len
+        if not windows or not all(1 <= len(w.ids) <= max_len for w in windows):
+            raise ValueError(f"every window must hold 1 to {max_len} tokens")  # the worker plans on this
         job = Job(windows, output, n_inputs, on_done, [None] * len(windows), len(windows))
         now = time.perf_counter()
         with self._cond:
@@ -166,11 +174,11 @@ class Engine:
             try:
                 outputs = self._forward([it.window for it in items], seq, [it.job.output for it in items])
             except Exception as e:  # a failed forward fails its requests, not the server
-                self.healthy = isinstance(e, ValueError)
+                self._last_forward_ok = isinstance(e, ValueError)  # a bad input is no backend failure
                 for job in {id(it.job): it.job for it in items}.values():
                     self._finish(job, e)
                 continue
-            self.healthy = True
+            self._last_forward_ok = True
             self.metrics.forward(time.perf_counter() - start, len(items) * seq,
                                  sum(len(it.window.ids) for it in items))
             for it, out in zip(items, outputs):

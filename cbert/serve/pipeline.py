@@ -91,6 +91,9 @@ class Pipeline:
                 raise ApiError("validation", f"{param}[{i}]: {e}", f"{param}[{i}]") from None
             if truncate:
                 ws = ws[:1]
+            if len(ws[0].ids) > self.model.config.max_seq_len:  # only special tokens: nothing to window
+                raise ApiError("validation", f"{param}[{i}] is {n} special tokens and no text, more than the model's "
+                               f"{self.model.config.max_seq_len} positions", f"{param}[{i}]")
             tokens += len(ws[0].ids) if truncate else n
             spans.append(range(len(windows), len(windows) + len(ws)))
             windows += ws
