@@ -49,19 +49,24 @@ class Batch:
         return len(self.indices) * self.seq
 
 
-def plan_batches(lengths: Sequence[int], max_len: int, max_tokens: int,
-                 max_batch_size: int | None = None) -> list[Batch]:
+def plan_batches(lengths: Sequence[int], max_len: int, max_tokens: int, max_batch_size: int | None = None,
+                 forward_tokens: int = 0) -> list[Batch]:
     """Pack sequences of ``lengths`` into batches of padded cost (rows x bucket) <= ``max_tokens``
     and at most ``max_batch_size`` rows.
 
     Sequences are taken in order of length (ties in their given order), and each batch grows
-    until the next one would break a limit. A sequence whose bucket alone exceeds the budget
-    gets a batch of its own. Every index appears in exactly one batch.
+    until the next one would break a limit, or would pad the rows already in the batch (to its
+    larger bucket) by more tokens than ``forward_tokens``, the fixed cost of one more forward
+    counted in padded tokens: 0 keeps every batch to one bucket, a large value packs by the
+    budget alone. A sequence whose bucket alone exceeds the budget gets a batch of its own.
+    Every index appears in exactly one batch.
     """
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens!r}; expected a positive integer")
     if max_batch_size is not None and (not isinstance(max_batch_size, int) or max_batch_size < 1):
         raise ValueError(f"max_batch_size={max_batch_size!r}; expected a positive integer or None")
+    if not isinstance(forward_tokens, int) or forward_tokens < 0:
+        raise ValueError(f"forward_tokens={forward_tokens!r}; expected a non-negative integer")
     buckets = seq_buckets(max_len)
     for i, n in enumerate(lengths):
         if not isinstance(n, int) or not 1 <= n <= max_len:
@@ -76,7 +81,9 @@ def plan_batches(lengths: Sequence[int], max_len: int, max_tokens: int,
             b += 1
         need = buckets[b]
         full = max_batch_size is not None and len(rows) >= max_batch_size
-        if rows and (full or (len(rows) + 1) * need > max_tokens):
+        over = (len(rows) + 1) * need > max_tokens
+        wasteful = len(rows) * (need - seq) > forward_tokens
+        if rows and (full or over or wasteful):
             batches.append(Batch(tuple(rows), seq))
             rows = []
         rows.append(i)

@@ -26,11 +26,21 @@ def test_bucket_for_is_the_smallest_that_holds_the_sequence():
 
 
 def test_a_worked_example():
-    # Budget 64 tokens: four 16-token rows fit; the 20-token row needs the 32 bucket.
+    # Budget 64 tokens: four 16-token rows fit; the 20-token row needs the 32 bucket, and padding
+    # the 16-token row to 32 costs less than a forward of 16 tokens.
     lengths = [5, 20, 3, 16, 9, 2]
-    batches = plan_batches(lengths, max_len=64, max_tokens=64)
+    batches = plan_batches(lengths, max_len=64, max_tokens=64, forward_tokens=16)
     assert batches == [Batch((5, 2, 0, 4), 16), Batch((3, 1), 32)]
     assert [b.padded_tokens for b in batches] == [64, 64]
+    # Padding is never free with forward_tokens=0: each batch keeps to one bucket.
+    assert plan_batches(lengths, max_len=64, max_tokens=64) == [Batch((5, 2, 0, 4), 16), Batch((3,), 16),
+                                                                 Batch((1,), 32)]
+
+
+def test_forward_tokens_trades_padding_for_fewer_forwards():
+    lengths = [10] * 4 + [30] * 4  # four rows in the 16 bucket, four in the 32 bucket
+    assert len(plan_batches(lengths, 64, 10_000, forward_tokens=63)) == 2  # padding 4 rows by 16 = 64 > 63
+    assert plan_batches(lengths, 64, 10_000, forward_tokens=64) == [Batch(tuple(range(8)), 32)]
 
 
 def test_max_batch_size_caps_the_rows():
@@ -49,6 +59,7 @@ def test_an_item_over_the_budget_alone_gets_a_batch_of_its_own():
     (dict(lengths=[3, 65], max_len=64, max_tokens=64), r"lengths\[1\] = 65"),
     (dict(lengths=[0], max_len=64, max_tokens=64), r"lengths\[0\] = 0"),
     (dict(lengths=[3], max_len=0, max_tokens=64), "max_len=0"),
+    (dict(lengths=[3], max_len=64, max_tokens=64, forward_tokens=-1), "forward_tokens=-1"),
 ])
 def test_bad_arguments_name_themselves(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -67,9 +78,10 @@ def test_restore_order_rejects_results_that_do_not_fit():
 
 @settings(max_examples=300, deadline=None)
 @given(lengths=st.lists(st.integers(1, 512), max_size=200), max_tokens=st.integers(1, 20_000),
-       max_batch_size=st.one_of(st.none(), st.integers(1, 64)))
-def test_batches_place_every_item_once_within_budget_and_restore_order(lengths, max_tokens, max_batch_size):
-    batches = plan_batches(lengths, 512, max_tokens, max_batch_size)
+       max_batch_size=st.one_of(st.none(), st.integers(1, 64)), forward_tokens=st.integers(0, 5000))
+def test_batches_place_every_item_once_within_budget_and_restore_order(lengths, max_tokens, max_batch_size,
+                                                                         forward_tokens):
+    batches = plan_batches(lengths, 512, max_tokens, max_batch_size, forward_tokens)
     placed = sorted(i for b in batches for i in b.indices)
     assert placed == list(range(len(lengths)))  # every item exactly once
     buckets = seq_buckets(512)
@@ -79,10 +91,12 @@ def test_batches_place_every_item_once_within_budget_and_restore_order(lengths, 
         assert b.padded_tokens <= max_tokens or len(b.indices) == 1  # over budget only when alone
         assert max_batch_size is None or len(b.indices) <= max_batch_size
         assert [lengths[i] for i in b.indices] == sorted(lengths[i] for i in b.indices)
-    # Greedy: a batch closes only when the next item would break the budget or the row cap.
+    # Greedy: a batch closes only when the next item would break the budget or the row cap, or pad
+    # the batch's rows by more than a forward costs.
     for b, nxt in zip(batches, batches[1:]):
-        grown = (len(b.indices) + 1) * bucket_for(lengths[nxt.indices[0]], 512)
-        assert grown > max_tokens or (max_batch_size is not None and len(b.indices) == max_batch_size)
+        need = bucket_for(lengths[nxt.indices[0]], 512)
+        assert ((len(b.indices) + 1) * need > max_tokens or len(b.indices) * (need - b.seq) > forward_tokens
+                or (max_batch_size is not None and len(b.indices) == max_batch_size))
     # Results computed per batch come back in the caller's order.
     results = restore_order(batches, [[("row", i) for i in b.indices] for b in batches])
     assert results == [("row", i) for i in range(len(lengths))]

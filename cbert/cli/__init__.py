@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import BackendUnavailable, CheckpointError, InputError, UsageError
 from .common import default_model_path
 from .inspect import add_inspect_parsers
+from .serve import add_serve_parser
 from .tasks import add_task_parsers
 from .tools import add_tool_parsers
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_parsers(sub)
     add_inspect_parsers(sub)
     add_tool_parsers(sub)
+    add_serve_parser(sub)
     return p
 
 
