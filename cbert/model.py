@@ -33,11 +33,17 @@ class ModelOutput(dict):
 
 
 def load(path: str | Path, backend: str = "auto", dtype: str = "float32", device: str | None = None,
-         mlm_mode: str = "auto") -> Model:
-    """Load a checkpoint folder (config.json, model.safetensors, tokenizer.json or vocab.txt)."""
+         mlm_mode: str = "auto", copy_weights: bool = False) -> Model:
+    """Load a checkpoint folder (config.json, model.safetensors, tokenizer.json or vocab.txt).
+
+    The weights file is memory-mapped (no copy) unless ``copy_weights=True``. A file replaced
+    (renamed over) while the model lives is harmless; one changed in place is detected before
+    each host-side computation and reported as a CheckpointError, since reading a truncated map
+    would crash the process (SIGBUS). ``copy_weights=True`` makes the model independent of it.
+    """
     if mlm_mode not in MLM_MODES:
         raise ValueError(f"mlm_mode={mlm_mode!r}; choose one of {', '.join(MLM_MODES)}")
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, copy=copy_weights)
     return Model(ckpt, get_backend(backend, dtype, device), mlm_mode)
 
 
@@ -138,6 +144,8 @@ class Model:
         B, S = inputs["input_ids"].shape
         mlm_here = mlm_in_graph(self.mlm_mode, self.backend, B, S) if heads.mlm else True
         wanted, run = self._executable(output_hidden_states, output_attentions, mlm_here)
+        if self.backend.name == "numpy" or not mlm_here:
+            self._check_weights()  # host memory maps the file: a clear error, not SIGBUS
         raw = run({k: inputs[k] for k in wanted})
         split_qa_logits(raw)
         if not mlm_here:
@@ -165,6 +173,7 @@ class Model:
             pooler = family_of(self.config).pooler
             raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no pooler"
                              + (f" ({pooler}.*)" if pooler else ""))
+        self._check_weights()
         return self._host_heads(POOLER_OUTPUT, _as_hidden(hidden, self.config))
 
     def mlm_logits(self, hidden) -> np.ndarray:
@@ -173,7 +182,12 @@ class Model:
             mlm = family_of(self.config).mlm
             raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no masked-LM head"
                              + (f" ({mlm.dense}.*)" if mlm else ""))
+        self._check_weights()
         return self._host_heads(MLM_LOGITS, _as_hidden(hidden, self.config))
+
+    def _check_weights(self) -> None:
+        if self.checkpoint.weights is not None:
+            self.checkpoint.weights.check_unchanged()
 
     # -- tasks -----------------------------------------------------------------------------
 

@@ -286,26 +286,34 @@ def test_copy_keeps_private_read_only_weights(weights):
 
 
 def test_truncating_the_weights_under_a_loaded_model(checkpoints, tmp_path):
-    """Truncated under a running numpy model, a memory-mapped file kills the process with SIGBUS
-    (measured: exit -7); loaded with copy=True the model keeps giving the same results. In a
-    subprocess, so that a regression is a failed assertion, not a dead test run."""
+    """Truncated under a running numpy model, a memory-mapped file killed the process with SIGBUS
+    (measured: exit -7). Now the default model says so in a CheckpointError before touching the
+    map, and one loaded with copy_weights=True keeps giving the same results. In a subprocess, so
+    that a regression is a failed assertion, not a dead test run."""
     folder, _ = checkpoints("head16_pretrain")
-    dst = shutil.copytree(folder, tmp_path / "ckpt")
-    script = textwrap.dedent(f"""
-        import functools, os
-        import numpy as np
-        import cbert, cbert.checkpoint
-        from cbert.checkpoint.safetensors import SafetensorsFile
-        cbert.checkpoint.SafetensorsFile = functools.partial(SafetensorsFile, copy=True)
-        model = cbert.load({str(dst)!r}, backend="numpy")
-        ids = [[2, 7, 9, 3]]
-        before = model.forward(ids).prediction_logits
-        os.truncate({str(dst / "model.safetensors")!r}, 100)
-        after = model.forward(ids).prediction_logits
-        print("same" if np.array_equal(before, after) else "different")
-    """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "same", (r.returncode, r.stderr[-2000:])
+    for copy in (False, True):
+        dst = shutil.copytree(folder, tmp_path / f"ckpt{copy}")
+        script = textwrap.dedent(f"""
+            import os
+            import numpy as np
+            import cbert
+            model = cbert.load({str(dst)!r}, backend="numpy", copy_weights={copy})
+            ids = [[2, 7, 9, 3]]
+            before = model.forward(ids).prediction_logits
+            os.truncate({str(dst / "model.safetensors")!r}, 100)
+            try:
+                after = model.forward(ids).prediction_logits
+            except cbert.CheckpointError as e:
+                print("error:", e)
+            else:
+                print("same" if np.array_equal(before, after) else "different")
+        """)
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+        if copy:
+            assert r.stdout.strip() == "same", r.stdout
+        else:
+            assert r.stdout.startswith("error:") and "model.safetensors" in r.stdout, r.stdout
 
 
 def test_no_header_case_leaks_a_python_error(tmp_path):

@@ -37,6 +37,7 @@ class Checkpoint:
     # The model's one graph: every head the file holds, every hidden state an output. A forward
     # selects what it returns from it; host heads are cut from it (cbert.heads).
     graph: Graph
+    weights: SafetensorsFile | None = None  # the open file, for check_unchanged() before host-side compute
 
     def params_for(self, graph: Graph) -> dict[str, np.ndarray]:
         """The tensors ``graph`` reads."""
@@ -119,14 +120,15 @@ def resolve_heads(cfg: ModelConfig, names: dict[str, tuple[int, ...]], source: s
     return arch, out, heads(set(kinds) | extra)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, copy: bool = False) -> Checkpoint:
+    """``copy=True`` reads the weights into private memory instead of memory-mapping the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint folder")
     folder = path if path.is_dir() else path.parent
     cfg = ModelConfig.from_file(folder / "config.json")
     weights_file = path if path.is_file() else find_weights(folder)
-    st = SafetensorsFile(weights_file)
+    st = SafetensorsFile(weights_file, copy=copy)
 
     family = family_of(cfg)
     prefix = family.prefix
@@ -172,4 +174,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(f"{weights_file}: tensor {canon[name]!r} holds NaN or infinite values")
         params[name] = a
     n_params = sum(int(np.prod(s)) for s in want.values())
-    return Checkpoint(folder, cfg, weights_file, params, heads, loaded, arch, n_params, graph)
+    return Checkpoint(folder, cfg, weights_file, params, heads, loaded, arch, n_params, graph, st)
