@@ -232,3 +232,19 @@ def test_info_says_the_embedding_defaults_of_modules_json(checkpoints, tmp_path,
     code, out, err = _cli(capsys, "info", str(folder))
     assert code == 0, err
     assert "embedding      cls pooling, normalized (declared by modules.json)" in out
+
+
+def test_an_unreadable_modules_json_fails_only_the_embeddings_that_need_it(checkpoints, tmp_path, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(checkpoints("odd13")[0], folder)
+    (folder / "modules.json").write_text("[not json")
+    model = cbert.load(folder, backend="numpy")  # forward and explicit embeddings still work
+    assert model.forward([[5, 6]]).last_hidden_state.shape == (1, 2, 52)
+    plain = cbert.load(checkpoints("odd13")[0], backend="numpy")
+    assert_close(model.embed([TEXT], pooling="cls", normalize=False), plain.embed([TEXT], pooling="cls"), "named", 0)
+    with pytest.raises(cbert.CheckpointError, match=r"modules.json: not valid JSON .*; to embed without its "
+                                                    r"defaults, name both pooling and normalize"):
+        model.embed([TEXT], pooling="cls")
+    code, out, err = _cli(capsys, "info", str(folder))
+    assert code == 0, err
+    assert "embedding      unknown: " in out and "modules.json: not valid JSON" in out

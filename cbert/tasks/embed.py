@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint.sentence_transformers import embedding_defaults
+from ..errors import CheckpointError
 from .arguments import flag, one_of, positive_int, stride_or_none, texts_list
 from .run import flatten, run_windows, windows_per_text
 from .windows import aggregate
@@ -25,22 +26,33 @@ class EmbeddingDefaults:
     pooling: str = "mean"
     normalize: bool = False
     declared_by: Path | None = None  # the modules.json that declared them; None: cbert's own default
+    # Why modules.json cannot be read. The model still loads and runs; an embedding that needs
+    # the declared defaults raises it, one given pooling and normalize explicitly does not.
+    problem: str | None = None
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> EmbeddingDefaults:
         modules = Path(folder) / "modules.json"
         if not modules.is_file():
             return cls()
-        pooling, normalize = embedding_defaults(folder)
+        try:
+            pooling, normalize = embedding_defaults(folder)
+        except CheckpointError as e:
+            return cls(declared_by=modules, problem=str(e))
         return cls(pooling or cls.pooling, normalize, modules)
 
     def resolve(self, pooling: str | None, normalize: bool | None) -> tuple[str, bool]:
         """(pooling, normalize) with None replaced by the default, each checked."""
+        if self.problem and (pooling is None or normalize is None):
+            raise CheckpointError(f"{self.problem}; to embed without its defaults, name both pooling and "
+                                  "normalize (--pooling and --normalize/--no-normalize)")
         pooling = self.pooling if pooling is None else one_of(pooling, "pooling", POOLINGS)
         normalize = self.normalize if normalize is None else flag(normalize, "normalize")
         return pooling, normalize
 
     def describe(self) -> str:
+        if self.problem:
+            return f"unknown: {self.problem}"
         said = f"declared by {self.declared_by.name}" if self.declared_by else "cbert's default, no modules.json"
         return f"{self.pooling} pooling, {'normalized' if self.normalize else 'not normalized'} ({said})"
 
