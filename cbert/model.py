@@ -14,10 +14,11 @@ import numpy as np
 from . import tasks
 from .backends import get_backend
 from .checkpoint import Checkpoint, load_checkpoint
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .families import family_of
 from .heads import MLM_LOGITS, MLM_MODES, POOLER_OUTPUT, HostHeads, forward_outputs, mlm_in_graph, split_qa_logits
 from .ir import Graph, expose_attentions
+from .tasks.embed import EmbeddingDefaults
 from .tokenizer import Tokenizer
 
 
@@ -42,7 +43,7 @@ def load(path: str | Path, backend: str = "auto", dtype: str = "float32", device
     would crash the process (SIGBUS). ``copy_weights=True`` makes the model independent of it.
     """
     if mlm_mode not in MLM_MODES:
-        raise ValueError(f"mlm_mode={mlm_mode!r}; choose one of {', '.join(MLM_MODES)}")
+        raise InputError(f"mlm_mode={mlm_mode!r}; choose one of {', '.join(MLM_MODES)}")
     ckpt = load_checkpoint(path, copy=copy_weights)
     return Model(ckpt, get_backend(backend, dtype, device), mlm_mode)
 
@@ -56,6 +57,8 @@ class Model:
         self._compiled: dict[tuple, tuple[tuple[str, ...], object]] = {}
         self._host_heads = HostHeads(ckpt)
         self._tokenizer: Tokenizer | None = None
+        # Read once here, so model.embed, cbert embed and cbert info cannot disagree on them.
+        self.embedding_defaults = EmbeddingDefaults.of_folder(ckpt.path)
 
     def __repr__(self) -> str:
         c = self.config
@@ -97,13 +100,13 @@ class Model:
         """Validate and default the inputs; returns the dict the graph reads."""
         c = self.config
         ids = _as_int_array(input_ids, "input_ids")
+        if ids.size == 0:
+            raise InputError(f"input_ids is empty (shape {list(ids.shape)}): nothing to run")
         if ids.ndim == 1:
             ids = ids[None]
         if ids.ndim != 2:
             raise InputError(f"input_ids must be [batch, seq]; got shape {list(ids.shape)}")
         B, S = ids.shape
-        if B == 0 or S == 0:
-            raise InputError(f"input_ids is empty (shape {list(ids.shape)}): nothing to run")
         if S > c.max_seq_len:
             raise InputError(f"input_ids has seq length {S}, more than the model's maximum of {c.max_seq_len} "
                              f"(max_position_embeddings = {c.max_position_embeddings})")
@@ -116,7 +119,7 @@ class Model:
             if value is None:
                 out[name] = default((B, S), dtype=np.int64)
                 continue
-            a = _as_int_array(value, name)
+            a = _as_int_array(value, name, bools=name == "attention_mask")
             if a.ndim == 1 and B == 1:
                 a = a[None]
             if name == "token_type_ids" and c.type_vocab_size == 0 and a.any():
@@ -131,7 +134,7 @@ class Model:
             p = _as_int_array(position_ids, "position_ids")
             if p.ndim == 1:
                 p = p[None]
-            if p.shape[-1] != S or p.shape[0] not in (1, B):
+            if p.ndim != 2 or p.shape[-1] != S or p.shape[0] not in (1, B):
                 raise InputError(f"position_ids has shape {list(p.shape)} but input_ids has {list(ids.shape)}")
             _check_range(p, 0, c.max_position_embeddings, "position_ids", "max_position_embeddings")
             out["position_ids"] = np.broadcast_to(p, (B, S))
@@ -143,7 +146,7 @@ class Model:
         heads = self.checkpoint.heads
         B, S = inputs["input_ids"].shape
         mlm_here = mlm_in_graph(self.mlm_mode, self.backend, B, S) if heads.mlm else True
-        wanted, run = self._executable(output_hidden_states, output_attentions, mlm_here)
+        wanted, run = self._executable(bool(output_hidden_states), bool(output_attentions), mlm_here)
         if self.backend.name == "numpy" or not mlm_here:
             self._check_weights()  # host memory maps the file: a clear error, not SIGBUS
         raw = run({k: inputs[k] for k in wanted})
@@ -171,19 +174,26 @@ class Model:
         """tanh(W h[:, 0] + b) over a last_hidden_state [batch, seq, hidden]."""
         if not self.checkpoint.loaded.pooler:
             pooler = family_of(self.config).pooler
-            raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no pooler"
-                             + (f" ({pooler}.*)" if pooler else ""))
-        self._check_weights()
-        return self._host_heads(POOLER_OUTPUT, _as_hidden(hidden, self.config))
+            raise CheckpointError(f"{self.checkpoint.weights_file}: this checkpoint has no pooler"
+                                  + (f" ({pooler}.*)" if pooler else ""))
+        return self._host_head(POOLER_OUTPUT, hidden, "pooler")
 
     def mlm_logits(self, hidden) -> np.ndarray:
         """The masked-LM head over a last_hidden_state: [batch, seq, vocab]."""
         if not self.checkpoint.loaded.mlm:
             mlm = family_of(self.config).mlm
-            raise ValueError(f"{self.checkpoint.weights_file}: this checkpoint has no masked-LM head"
-                             + (f" ({mlm.dense}.*)" if mlm else ""))
+            raise CheckpointError(f"{self.checkpoint.weights_file}: this checkpoint has no masked-LM head"
+                                  + (f" ({mlm.dense}.*)" if mlm else ""))
+        return self._host_head(MLM_LOGITS, hidden, "masked-LM head")
+
+    def _host_head(self, value: str, hidden, head: str) -> np.ndarray:
         self._check_weights()
-        return self._host_heads(MLM_LOGITS, _as_hidden(hidden, self.config))
+        out = self._host_heads(value, _as_hidden(hidden, self.config))
+        # Finite but huge values (1e30) overflow inside the head: the caller's values, not a backend fault.
+        if not np.isfinite(out).all():
+            raise InputError(f"hidden: the {head} overflows to NaN or infinity on these values "
+                             f"(largest |value| {float(np.abs(np.asarray(hidden, np.float32)).max()):.3g})")
+        return out
 
     def _check_weights(self) -> None:
         if self.checkpoint.weights is not None:
@@ -191,13 +201,14 @@ class Model:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def embed(self, texts, pooling: str = "mean", normalize: bool = False, batch_size: int = 32,
+    def embed(self, texts, pooling: str | None = None, normalize: bool | None = None, batch_size: int = 32,
               truncation: bool = False, window_aggregation: str = "mean", stride: int | None = None,
               progress: bool = False) -> np.ndarray:
-        """One vector per text: [n, hidden] float32. A text longer than the model's positions is
+        """One vector per text: [n, hidden] float32. ``pooling`` (cls, mean, max) and ``normalize``
+        default to what the checkpoint's sentence-transformers modules.json declares, else mean pooling
+        without normalization (``model.embedding_defaults``). A text longer than the model's positions is
         split into windows overlapping by ``stride`` tokens (default: 128, at most half a window) whose
-        vectors are combined by
-        ``window_aggregation`` (mean, max, first); ``truncation=True`` cuts it instead."""
+        vectors are combined by ``window_aggregation`` (mean, max, first); ``truncation=True`` cuts it instead."""
         return tasks.embed(self, texts, pooling, normalize, batch_size, truncation, window_aggregation, stride,
                            progress)
 
@@ -221,10 +232,21 @@ class Model:
         return tasks.fill_mask(self, text, top_k)
 
 
-def _as_int_array(x, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_)):
+def _as_int_array(x, name: str, bools: bool = False) -> np.ndarray:
+    """``x`` as int64; integers only (and booleans where ``bools``, as an attention mask may be)."""
+    try:
+        a = np.asarray(x)
+    except ValueError:  # nested lists of different lengths
+        raise InputError(f"{name} is ragged (rows of different lengths); pad its rows to one length "
+                         "(and mark the padding in attention_mask)") from None
+    if a.dtype == np.bool_ and not bools:
+        raise InputError(f"{name} must hold integers; got booleans")
+    if a.size == 0:  # [] and [[]] come as float64; the caller says empty, not "got dtype float64"
+        return np.zeros(a.shape, np.int64)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
         raise InputError(f"{name} must hold integers; got dtype {a.dtype}")
+    if a.dtype == np.uint64 and a.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{name} holds {a.max()}, beyond any token, type or position id")
     return a.astype(np.int64, copy=False)
 
 
@@ -236,11 +258,17 @@ def _check_range(a: np.ndarray, lo: int, hi: int, name: str, what: str) -> None:
 
 
 def _as_hidden(hidden, cfg) -> np.ndarray:
-    h = np.asarray(hidden, dtype=np.float32)
+    try:
+        h = np.asarray(hidden, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"hidden must be a float array [batch, seq, {cfg.hidden_size}]; got a "
+                         f"{type(hidden).__name__} that numpy cannot read as floats") from None
     if h.ndim == 2:
         h = h[None]
     if h.ndim != 3 or h.shape[-1] != cfg.hidden_size:
         raise InputError(f"hidden must be [batch, seq, {cfg.hidden_size}]; got shape {list(h.shape)}")
+    if not np.isfinite(h).all():
+        raise InputError("hidden holds NaN or infinite values")
     return h
 
 

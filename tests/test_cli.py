@@ -39,7 +39,7 @@ def test_embed_file_to_npy(minilm, tmp_path):
     assert r.returncode == 0, r.stderr
     got = np.load(out)
     assert got.shape == (3, 384)  # one row per line, the blank one included: nothing lost
-    want = cbert.load(minilm, backend="numpy").embed(lines, pooling="cls")
+    want = cbert.load(minilm, backend="numpy").embed(lines, pooling="cls", normalize=False)
     assert_close(got, want, "embeddings", 1e-6)
 
 
@@ -72,6 +72,7 @@ def test_info(checkpoints, minilm):
     assert "uncased (do_lower_case=True in tokenizer_config.json)" in r.stdout
     r = run("info", minilm)
     assert "22,713,216" in r.stdout and "all-MiniLM-L6-v2" in r.stdout
+    assert "mean pooling, normalized (declared by modules.json)" in r.stdout
 
 
 def test_devices():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -85,7 +87,7 @@ def test_embed_equals_pooling_of_transformers_output(minilm, hf, pooling):
         h = model(**batch).last_hidden_state.numpy()
     m = batch["attention_mask"].numpy()[..., None].astype(np.float32)
     want = {"mean": (h * m).sum(1) / m.sum(1), "cls": h[:, 0], "max": np.where(m > 0, h, -1e9).max(1)}[pooling]
-    got = cbert.load(minilm, backend="numpy").embed(texts, pooling=pooling, batch_size=3)
+    got = cbert.load(minilm, backend="numpy").embed(texts, pooling=pooling, normalize=False, batch_size=3)
     assert got.shape == (len(texts), 384)
     assert_close(got, want, f"embed(pooling={pooling})")
     normed = cbert.load(minilm, backend="numpy").embed(texts, pooling=pooling, normalize=True)
@@ -109,9 +111,9 @@ def test_long_note_is_windowed_never_truncated(minilm):
         w = [ids[0], *content[s:s + 510], ids[-1]]
         vecs.append(model.forward([w]).last_hidden_state[0].mean(0))
     for how, want in (("mean", np.mean(vecs, 0)), ("max", np.max(vecs, 0)), ("first", vecs[0])):
-        got = model.embed([note], pooling="mean", stride=64, window_aggregation=how)
+        got = model.embed([note], pooling="mean", normalize=False, stride=64, window_aggregation=how)
         assert_close(got[0], want, f"window_aggregation={how}", 1e-5)
-    cut = model.embed([note], truncation=True)
+    cut = model.embed([note], normalize=False, truncation=True)
     assert_close(cut[0], model.forward([ids[:511] + ids[-1:]]).last_hidden_state[0].mean(0), "truncation", 1e-5)
 
 
@@ -122,4 +124,21 @@ def test_short_text_windowed_equals_unwindowed(minilm):
     m = batch["attention_mask"][..., None]
     want = (hidden * m).sum(1) / m.sum(1)
     for how in ("mean", "max", "first"):
-        assert_close(model.embed(CLINICAL, window_aggregation=how, stride=0), want, how, 1e-5)
+        assert_close(model.embed(CLINICAL, normalize=False, window_aggregation=how, stride=0), want, how, 1e-5)
+
+
+def test_embed_without_arguments_equals_cbert_embed_and_is_unit_norm(minilm, capsys):
+    """The default model's modules.json declares mean pooling + Normalize: model.embed() with no
+    pooling/normalize arguments and `cbert embed` both take it from there, so they agree."""
+    from cbert.cli import main
+
+    texts = CLINICAL[:4]
+    model = cbert.load(minilm, backend="numpy")
+    assert (model.embedding_defaults.pooling, model.embedding_defaults.normalize) == ("mean", True)
+    got = model.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    assert main(["embed", "--model", minilm, "--backend", "numpy", *texts]) == 0
+    out, err = capsys.readouterr()
+    cli = np.array([json.loads(line) for line in out.splitlines()])
+    assert_close(cli, got, "cbert embed vs model.embed()", 1e-6)
+    assert "pooling=mean, normalize=True" in err

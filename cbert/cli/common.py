@@ -49,7 +49,7 @@ def read_texts(args: list[str]) -> list[str]:
             continue
         path = Path(a)
         try:
-            exists = "\n" not in a and "\0" not in a and path.exists()
+            exists = a != "" and "\n" not in a and "\0" not in a and path.exists()  # Path("") is "."
         except OSError:  # a long text is not a path the OS can look up
             exists = False
         if exists:

@@ -6,15 +6,12 @@ from __future__ import annotations
 def cmd_info(args) -> int:
     from ..checkpoint import load_checkpoint
     from ..config import PRESETS, recognise
+    from ..tasks.embed import EmbeddingDefaults
     from ..tokenizer import Tokenizer
 
     ckpt = load_checkpoint(args.model)
     c = ckpt.config
     tok = Tokenizer.from_folder(ckpt.path, c.max_seq_len, c.pad_token_id)
-    heads = [k for k in ("pooler", "mlm", "nsp") if getattr(ckpt.loaded, k)]
-    if ckpt.loaded.mlm:
-        heads[heads.index("mlm")] = "mlm (decoder tied to word embeddings)" if ckpt.loaded.tied_decoder \
-            else "mlm (own decoder weight)"
     known = recognise(c, str(ckpt.path))
     rows = [
         ("folder", str(ckpt.path)),
@@ -27,7 +24,8 @@ def cmd_info(args) -> int:
         ("max positions", c.max_position_embeddings),
         ("token types", c.type_vocab_size),
         ("parameters", f"{ckpt.num_parameters:,}"),
-        ("heads", ", ".join(heads) or "none (encoder only)"),
+        ("heads", ", ".join(_describe_heads(ckpt)) or "none (encoder only)"),
+        ("embedding", EmbeddingDefaults.of_folder(ckpt.path).describe()),
         ("tokenizer", tok.casing),
         ("looks like", "; ".join(PRESETS[k]["description"] for k in known) if known else "no known preset"),
     ]
@@ -35,6 +33,32 @@ def cmd_info(args) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _describe_heads(ckpt) -> list[str]:
+    """Every head the weights file holds; one the class's forward does not output says how to reach it."""
+    held, out = ckpt.loaded, ckpt.heads
+
+    def labels(n: int) -> str:
+        names = ckpt.config.labels(n)
+        shown = ", ".join(names[:8]) + (f" and {n - 8} more" if n > 8 else "")
+        return f"{n} label{'s' if n != 1 else ''}: {shown}"
+
+    described = []
+    if held.pooler:
+        described.append("pooler")
+    if held.mlm:
+        decoder = "decoder tied to word embeddings" if held.tied_decoder else "own decoder weight"
+        described.append(f"mlm ({decoder})" if out.mlm else f"mlm ({decoder}; model.mlm_logits only, not in forward)")
+    if held.nsp:
+        described.append("nsp")
+    if held.seq_cls:
+        described.append(f"sequence classification ({labels(held.seq_cls)})")
+    if held.token_cls:
+        described.append(f"token classification ({labels(held.token_cls)})")
+    if held.qa:
+        described.append("question answering (start/end logits)")
+    return described
 
 
 def cmd_devices(args) -> int:

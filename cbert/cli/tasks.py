@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 
-from ..checkpoint.sentence_transformers import embedding_defaults
 from ..files import check_writable, write_atomic
 from .common import (
     DEFAULT_MODEL_HELP,
@@ -22,13 +21,12 @@ from .common import (
 def cmd_embed(args) -> int:
     if args.model is None:
         args.model = default_model_path()
-    st_pooling, st_normalize = embedding_defaults(args.model)
-    pooling = args.pooling or st_pooling or "mean"
-    normalize = st_normalize if args.normalize is None else args.normalize
     texts = read_texts(args.texts)
     if args.out:  # refuse a bad --out before the work, not after
         check_writable(args.out, args.overwrite)
     model = load_model(args)
+    # The model's own defaults (its modules.json, read at load), exactly as model.embed takes them.
+    pooling, normalize = model.embedding_defaults.resolve(args.pooling, args.normalize)
     vectors = model.embed(texts, pooling=pooling, normalize=normalize, batch_size=args.batch_size,
                           truncation=args.truncate, window_aggregation=args.window_aggregation, stride=args.stride,
                           progress=len(texts) > args.batch_size)

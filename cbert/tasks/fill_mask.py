@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
+from .arguments import positive_int, string
 from .run import softmax
 
 
@@ -12,8 +13,10 @@ def fill_mask(model, text: str, top_k: int = 5) -> list:
     """For each mask token in ``text``, the top_k candidates {score, token, token_str, sequence}; the
     list of candidates itself when there is one mask."""
     if not model.checkpoint.loaded.mlm:
-        raise ValueError(f"{model.checkpoint.weights_file}: fill-mask needs a masked-LM head; this checkpoint "
+        raise CheckpointError(f"{model.checkpoint.weights_file}: fill-mask needs a masked-LM head; this checkpoint "
                          f"is a {model.checkpoint.architecture}")
+    text = string(text, "text")
+    top_k = positive_int(top_k, "top_k")
     tok = model.tokenizer
     batch = tok([text])
     ids = batch["input_ids"][0]

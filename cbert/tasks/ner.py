@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arguments import positive_int, stride_or_none, texts_list
 from .run import flatten, require, run_windows, softmax, windows_per_text
 from .windows import centrality
 
@@ -14,8 +15,9 @@ def ner(model, texts, stride=None, batch_size=32, ignore_labels=("O",), progress
     In a long note each token keeps its prediction from the window where it sits most centrally.
     """
     require(model, "token_cls", "ner")
-    single = isinstance(texts, str)
-    texts = [texts] if single else list(texts)
+    texts, single = texts_list(texts)
+    stride = stride_or_none(stride)
+    batch_size = positive_int(batch_size, "batch_size")
     encs, per_text = windows_per_text(model, texts, stride)
     flat, spans = flatten(per_text)
     outs = run_windows(model, flat, batch_size, ("logits",), progress)
@@ -27,12 +29,12 @@ def ner(model, texts, stride=None, batch_size=32, ignore_labels=("O",), progress
         best = np.full(n_content, -1)
         logits = np.zeros((n_content, len(labels)), np.float32)
         for w, o in zip(flat[s.start:s.stop], outs[s.start:s.stop]):
-            rows = [k for k, p in enumerate(w.positions) if p >= 0]
-            pos = np.array([w.positions[k] for k in rows])
+            rows = np.array([k for k, p in enumerate(w.positions) if p >= 0], dtype=np.int64)
+            pos = np.array([w.positions[k] for k in rows], dtype=np.int64)
             central = centrality(w)
             better = central > best[pos]
             best[pos[better]] = central[better]
-            logits[pos[better]] = o["logits"][np.array(rows)[better]]
+            logits[pos[better]] = o["logits"][rows[better]]
         scores = softmax(logits)
         content = [i for i, m in enumerate(enc.special_tokens_mask) if not m]
         tokens = []

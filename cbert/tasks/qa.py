@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from .arguments import positive_int, stride_or_none, string
 from .run import require, run_windows, softmax
 from .windows import split
 
@@ -13,6 +14,11 @@ def qa(model, question: str, context: str, top_k: int = 1, max_answer_len: int =
        batch_size=32, progress=False):
     """The best answer span(s) in ``context``: {score, start, end, answer}, over every window of a long context."""
     require(model, "qa", "qa")
+    question, context = string(question, "question"), string(context, "context")
+    top_k = positive_int(top_k, "top_k")
+    max_answer_len = positive_int(max_answer_len, "max_answer_len")
+    stride = stride_or_none(stride)
+    batch_size = positive_int(batch_size, "batch_size")
     if not question.strip() or not context.strip():
         raise InputError("qa needs a non-empty question and context")
     tok = model.tokenizer

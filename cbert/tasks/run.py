@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from ..errors import CheckpointError
 from .windows import Window, pad, split
 
 HEAD_NAMES = {"seq_cls": "sequence classification", "token_cls": "token classification", "qa": "question answering"}
@@ -15,8 +16,8 @@ HEAD_NAMES = {"seq_cls": "sequence classification", "token_cls": "token classifi
 def require(model, kind: str, what: str) -> None:
     """``what`` (a task) needs the checkpoint's class to output head ``kind``."""
     if not getattr(model.checkpoint.heads, kind):
-        raise ValueError(f"{model.checkpoint.weights_file}: {what} needs a {HEAD_NAMES[kind]} head; this "
-                         f"checkpoint is a {model.checkpoint.architecture}")
+        raise CheckpointError(f"{model.checkpoint.weights_file}: {what} needs a {HEAD_NAMES[kind]} head; this "
+                              f"checkpoint is a {model.checkpoint.architecture}")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

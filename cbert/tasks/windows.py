@@ -51,7 +51,7 @@ def split(enc, max_len: int, stride: int | None, content_sequence: int | None = 
     if stride is None:
         stride = min(DEFAULT_STRIDE, room // 2)
     if not 0 <= stride < room:
-        raise ValueError(f"stride={stride}: expected 0 <= stride < {room} (the text tokens per window)")
+        raise InputError(f"stride={stride}: expected 0 <= stride < {room} (the text tokens per window)")
     n = len(content)
     starts = [0]
     while starts[-1] + room < n:
@@ -78,7 +78,9 @@ def pad(windows: list[Window], pad_id: int) -> dict[str, np.ndarray]:
 
 def centrality(window: Window) -> np.ndarray:
     """How central each content token sits in its window: distance to the nearer edge."""
-    pos = np.array([p for p in window.positions if p >= 0])
+    pos = np.array([p for p in window.positions if p >= 0], dtype=np.int64)
+    if pos.size == 0:  # a text with no content tokens ("", only control characters): one window of specials
+        return pos
     return np.minimum(pos - pos.min(), pos.max() - pos)
 
 
@@ -94,4 +96,4 @@ def aggregate(vectors: np.ndarray, how: str) -> np.ndarray:
         # ClinicalBERT readmission (Huang et al.): (max + mean * n/2) / (1 + n/2); n = number of windows.
         n = len(vectors)
         return (vectors.max(0) + vectors.mean(0) * n / 2) / (1 + n / 2)
-    raise ValueError(f"aggregation={how!r}; choose one of mean, max, first, vote")
+    raise InputError(f"aggregation={how!r}; choose one of mean, max, first, vote")
