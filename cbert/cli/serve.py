@@ -10,7 +10,6 @@ import socket
 import sys
 from pathlib import Path
 
-from ..checkpoint.sentence_transformers import embedding_defaults
 from ..errors import UsageError
 from .common import DEFAULT_MODEL_HELP, add_model_args, default_model_path, load_model
 
@@ -73,10 +72,8 @@ def cmd_serve(args) -> int:
                          f"{args.max_client_batch_size}: a full-size request could never be admitted")
     if args.model is None:
         args.model = default_model_path()
-    st_pooling, st_normalize = embedding_defaults(args.model)
-    pooling = args.pooling or st_pooling or "mean"
-    normalize = st_normalize if args.normalize is None else args.normalize
     model = load_model(args)
+    pooling, normalize = model.embedding_defaults.resolve(args.pooling, args.normalize)
     # The tokenizer is read now: a broken one is a startup error, not a failed first request.
     room = model.config.max_seq_len - len(model.tokenizer.encode([""])[0].ids)
     if args.stride is not None and not 0 <= args.stride < room:
