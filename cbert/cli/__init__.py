@@ -13,6 +13,7 @@ import sys
 from .. import __version__
 from ..errors import BackendUnavailable, CheckpointError, InputError, UsageError
 from .common import default_model_path
+from .corpus import add_corpus_parser
 from .inspect import add_inspect_parsers
 from .tasks import add_task_parsers
 from .tools import add_tool_parsers
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_parsers(sub)
     add_inspect_parsers(sub)
     add_tool_parsers(sub)
+    add_corpus_parser(sub)
     return p
 
 
