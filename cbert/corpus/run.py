@@ -165,8 +165,7 @@ def _run_on_ray(mode: str, corpus: Corpus, done, output: Path, embedder_kwargs: 
         cpus = float(ray.cluster_resources().get("CPU", 1))
         workers = workers or max(1, int(cpus))
         id_column = corpus.id_column
-        files = ray.data.from_items([{"file": i} for i in range(len(corpus.sources))],
-                                    override_num_blocks=len(corpus.sources))
+        files = ray.data.from_items([{"file": i} for i in range(len(corpus.sources))])
         # Reading and writing hold no CPU: the CPUs belong to the Embedder actors that do the work.
         ds = files.map_batches(_read_stage, batch_size=1, batch_format="pyarrow", num_cpus=0, fn_kwargs=dict(
             sources=corpus.sources, text_column=corpus.text_column, id_column=id_column, done=done))
