@@ -272,6 +272,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, checkpoints, capsys):
         assert code == 2, name
         assert message in err, f"{name}: {err}"
         assert err.startswith("cbert embed-corpus: error: ") and err.count("\n") == 1, f"{name}: {err}"
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": 1, "text": "fine"}\n')
+    for k, (flags, message) in enumerate(((["--workers", "0"], "workers=0"), (["--part-rows", "0"], "part_rows=0"),
+                                          (["--id-column", "vector"], "id column 'vector'"),
+                                          (["--ray", ""], "--ray: empty"))):
+        assert main(["embed-corpus", str(good), str(tmp_path / f"out-flags-{k}"), "--model", folder, *flags]) == 2
+        assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("out-*")), "bad input must leave no output folder"
 
 

@@ -27,7 +27,8 @@ VECTOR, N_TOKENS, N_WINDOWS = "vector", "n_tokens", "n_windows"
 
 
 def part_path(out: Path, file_index: int, row: int) -> Path:
-    """A part is named by its first row (file index, row in that file): unique, and sorted as the input."""
+    """A part is named by its first row (file index, row in that file): unique, sorted as the input, and the
+    same when Ray retries a write, which then replaces the part instead of adding a second copy."""
     return out / f"part-{file_index:05d}-{row:010d}.parquet"
 
 

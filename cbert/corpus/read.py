@@ -90,9 +90,8 @@ def _read_parquet(path: str, text_column: str, id_column: str, chunk_rows: int) 
     first = 0
     for batch in f.iter_batches(batch_size=chunk_rows, columns=[id_column, text_column]):
         for col, what in ((text_column, "text"), (id_column, "id")):
-            nulls = batch.column(col).is_null()
             if batch.column(col).null_count:
-                row = first + nulls.to_pylist().index(True)
+                row = first + batch.column(col).is_null().to_pylist().index(True)
                 raise InputError(f"{path}: row {row + 1}: the {what} ({col!r}) is null")
         ids = batch.column(id_column).cast(pa.int64() if pa.types.is_integer(id_type) else pa.string())
         yield pa.table({id_column: ids, text_column: batch.column(text_column).cast(pa.string()),

@@ -19,8 +19,6 @@ from ..ray import Embedder, require_ray
 from .output import N_TOKENS, N_WINDOWS, VECTOR, done_ids, prepare, write_part
 from .read import FILE, Corpus, Source, arrow, read_source, scan
 
-RAY_MODES = ("auto", "local", "none")
-
 
 def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike, *,
                  text_column: str = "text", id_column: str = "id", pooling: str = "mean", normalize: bool = False,
@@ -35,7 +33,8 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
     of the same job resumes: it embeds only the ids no part holds yet. Returns the summary: rows, tokens,
     windows, seconds, tokens_per_s, ...
     """
-    for name, value in (("batch_size", batch_size), ("part_rows", part_rows), ("workers", workers or 1)):
+    counts = {"batch_size": batch_size, "part_rows": part_rows, "workers": 1 if workers is None else workers}
+    for name, value in counts.items():
         if not isinstance(value, int) or value < 1:
             raise UsageError(f"{name}={value!r}; expected a positive integer")
     if id_column in (VECTOR, N_TOKENS, N_WINDOWS) or id_column == text_column:
@@ -97,10 +96,10 @@ def _checked_model(model) -> str:
 
 
 def _describe_input(input, sources: list[Source]) -> dict:
-    root = Path(input).resolve()
-    files = [{"path": str(Path(s.path).resolve().relative_to(root)) if root.is_dir() else Path(s.path).name,
+    root = Path(input)
+    files = [{"path": str(Path(s.path).relative_to(root)) if root.is_dir() else root.name,
               "bytes": os.path.getsize(s.path)} for s in sources]
-    return {"path": str(root), "files": files}
+    return {"path": str(root.resolve()), "files": files}
 
 
 def pending_tables(sources: list[Source], file_indices, text_column: str, id_column: str, done):
