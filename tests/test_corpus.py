@@ -143,9 +143,10 @@ def test_killed_run_resumes_on_a_ray_cluster(ray_runtime, tmp_path):
     while len(list(out.glob("part-*.parquet"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    _, err = proc.communicate()
     written = len(list(out.glob("part-*.parquet")))
-    assert 3 <= written < n_parts, f"the run was to be killed halfway; it had written {written} of {n_parts} parts"
+    assert 3 <= written < n_parts, (f"the run was to be killed halfway; it had written {written} of {n_parts} "
+                                    f"parts: {err.decode()[-500:]}")
     (out / ".tmp-part-00000-0000000038-dead.parquet").write_bytes(b"half a part")  # as if killed mid-write
     address = ray_runtime.get_runtime_context().gcs_address
     r = run_cli(*args, "--ray", address, "--workers", "2")
