@@ -14,6 +14,7 @@ import sys
 from .. import __version__
 from ..errors import BackendUnavailable, CheckpointError, InputError, UsageError
 from .common import default_model_path
+from .corpus import add_corpus_parser
 from .inspect import add_inspect_parsers
 from .serve import add_serve_parser
 from .tasks import add_task_parsers
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_parsers(sub)
     add_tool_parsers(sub)
     add_serve_parser(sub)
+    add_corpus_parser(sub)
     return p
 
 

@@ -1,0 +1,63 @@
+"""The embed-corpus subcommand: a folder of notes in, a folder of Parquet vectors out, on Ray or here."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import DEFAULT_MODEL_HELP, add_model_args, default_model_path, sentence_transformers_defaults
+
+
+def cmd_embed_corpus(args) -> int:
+    from ..corpus import embed_corpus
+
+    if args.model is None:
+        args.model = default_model_path()
+    st_pooling, st_normalize = sentence_transformers_defaults(args.model)
+    pooling = args.pooling or st_pooling or "mean"
+    normalize = st_normalize if args.normalize is None else args.normalize
+    s = embed_corpus(args.input, args.output, args.model, text_column=args.text_column, id_column=args.id_column,
+                     pooling=pooling, normalize=normalize, backend=args.backend, dtype=args.dtype,
+                     batch_size=args.batch_size, stride=args.stride, window_aggregation=args.window_aggregation,
+                     truncation=args.truncate, ray=args.ray, workers=args.workers, part_rows=args.part_rows,
+                     overwrite=args.overwrite)
+    skipped = f", {s['skipped']:,} already there" if s["skipped"] else ""
+    print(f"embedded {s['rows']:,} rows{skipped}: {s['tokens']:,} tokens in {s['windows']:,} windows, "
+          f"{s['tokens_per_s']:,.0f} tokens/s, {s['rows_per_s']:,.1f} rows/s on {s['ran_on']} "
+          f"({s['seconds']:,.1f} s in all; pooling={pooling}, normalize={normalize}) -> {s['output']}")
+    return 0
+
+
+def add_corpus_parser(sub) -> None:
+    c = sub.add_parser("embed-corpus", help="embed a corpus (Parquet, JSONL, CSV) into Parquet, on Ray or here",
+                       description=(
+        "Embed every row of IN (a Parquet, JSONL or CSV file, or a folder of them) into Parquet part files in the "
+        "folder OUT: the id, the vector (fixed-size list of float32), n_tokens and n_windows. A rerun of the same "
+        "job resumes where a killed run stopped, with no id missing or repeated. Long notes are windowed as "
+        f"`cbert embed` windows them. Without --model the model is {DEFAULT_MODEL_HELP}"))
+    c.add_argument("input", metavar="IN", help="a .parquet, .jsonl (.ndjson) or .csv file, or a folder of them")
+    c.add_argument("output", metavar="OUT", help="the output folder (created; a previous run of this job resumes)")
+    add_model_args(c, required=False)
+    c.add_argument("--pooling", choices=["cls", "mean", "max"], default=None,
+                   help="default: what a sentence-transformers folder declares, else mean")
+    c.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="L2-normalize each vector (default: what a sentence-transformers folder declares, else no)")
+    c.add_argument("--text-column", default="text", help="the column (JSON field) holding each note")
+    c.add_argument("--id-column", default="id", help="the column holding each note's unique id (integer or string)")
+    c.add_argument("--ray", default="auto", metavar="auto|local|none|ADDRESS", help=(
+        "auto (default): Ray when installed, on the cluster at RAY_ADDRESS or a local runtime started here, else "
+        "this process; local: a local Ray runtime; none: this process only; ADDRESS: that Ray cluster "
+        "(IN and OUT must then be paths every node reads and writes)"))
+    c.add_argument("--workers", type=int, default=None,
+                   help="Ray actors embedding in parallel, each loading the model once (default: one per CPU)")
+    c.add_argument("--batch-size", type=int, default=32, help="windows per forward")
+    c.add_argument("--part-rows", type=int, default=1000,
+                   help="rows per output part file: the most work a killed run can lose")
+    c.add_argument("--truncate", action="store_true",
+                   help="cut notes longer than the model's max positions (default: split them into windows)")
+    c.add_argument("--stride", type=int, default=None,
+                   help="overlap in tokens between the windows of a long note (default 128, at most half a window)")
+    c.add_argument("--window-aggregation", choices=["mean", "max", "first"], default="mean",
+                   help="how a long note's window vectors combine into one")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it holds a different embed-corpus job (or is a file)")
+    c.set_defaults(func=cmd_embed_corpus)

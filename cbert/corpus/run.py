@@ -1,0 +1,230 @@
+"""Embed a corpus into Parquet parts, in this process or on Ray Data; resumable, with a progress bar.
+
+Both paths read the input with the same readers, skip the ids earlier runs wrote, embed with
+the same :class:`cbert.ray.Embedder` and write the same parts; Ray only spreads the Embedder
+over actors (``workers``), so its output equals the single-process output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UsageError
+from ..extras import MissingDependency, need
+from ..ray import Embedder, require_ray
+from .output import N_TOKENS, N_WINDOWS, VECTOR, done_ids, prepare, write_part
+from .read import FILE, Corpus, Source, arrow, read_source, scan
+
+
+def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike, *,
+                 text_column: str = "text", id_column: str = "id", pooling: str = "mean", normalize: bool = False,
+                 backend: str = "auto", dtype: str = "float32", batch_size: int = 32, stride: int | None = None,
+                 window_aggregation: str = "mean", truncation: bool = False, ray: str = "auto",
+                 workers: int | None = None, part_rows: int = 1000, overwrite: bool = False,
+                 progress: bool = True) -> dict:
+    """Embed every row of ``input`` (Parquet, JSONL or CSV: a file or a folder) into Parquet parts in ``output``.
+
+    ``ray``: "auto" (Ray when installed: the cluster at RAY_ADDRESS, else a local runtime started here; without
+    Ray, this process), "local" (a local Ray runtime), "none" (this process) or a Ray cluster address. A rerun
+    of the same job resumes: it embeds only the ids no part holds yet. Returns the summary: rows, tokens,
+    windows, seconds, tokens_per_s, ...
+    """
+    counts = {"batch_size": batch_size, "part_rows": part_rows, "workers": 1 if workers is None else workers}
+    for name, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise UsageError(f"{name}={value!r}; expected a positive integer")
+    if id_column in (VECTOR, N_TOKENS, N_WINDOWS) or id_column == text_column:
+        raise UsageError(f"id column {id_column!r}: the output's columns are {id_column}, {VECTOR}, {N_TOKENS}, "
+                         f"{N_WINDOWS}; rename it")
+    mode = _resolve_mode(ray)
+    started = time.perf_counter()
+    corpus = scan(input, text_column, id_column)
+    model = _checked_model(model)
+    job = {"input": _describe_input(input, corpus.sources), "text_column": text_column, "id_column": id_column,
+           "model": model, "pooling": pooling, "normalize": normalize, "stride": stride,
+           "window_aggregation": window_aggregation, "truncation": truncation, "backend": backend, "dtype": dtype}
+    resumed = prepare(output, job, overwrite)
+    done = done_ids(output, id_column, corpus.ids)
+    embedder_kwargs = dict(model=model, backend=backend, dtype=dtype, pooling=pooling, normalize=normalize,
+                           text_column=text_column, batch_size=batch_size, stride=stride,
+                           window_aggregation=window_aggregation, truncation=truncation)
+    bar = Progress(corpus.n_rows, len(done), enabled=progress)
+    pending = corpus.n_rows - len(done)
+    ran_on = "this process" if mode is None else "Ray"
+    if pending:
+        if mode is None:
+            _run_here(corpus, done, Path(output), embedder_kwargs, part_rows, bar)
+        else:
+            ran_on = _run_on_ray(mode, corpus, done, Path(output), embedder_kwargs, part_rows, workers, bar)
+    bar.close()
+    seconds = time.perf_counter() - started
+    return {"rows": bar.rows, "tokens": bar.tokens, "windows": bar.windows, "skipped": len(done),
+            "total_rows": corpus.n_rows, "seconds": seconds, "tokens_per_s": bar.tokens / max(bar.seconds, 1e-9),
+            "rows_per_s": bar.rows / max(bar.seconds, 1e-9), "resumed": resumed, "ran_on": ran_on,
+            "output": str(output)}
+
+
+def _resolve_mode(ray: str) -> str | None:
+    """None for this process, else "auto", "local" or an address; a missing Ray is an error only when asked for."""
+    if not ray:
+        raise UsageError("--ray: empty; expected auto, local, none or a Ray cluster address")
+    if ray == "none":
+        return None
+    if ray == "auto":
+        try:
+            require_ray()
+        except MissingDependency:
+            print("embed-corpus: Ray is not installed, so this process embeds the corpus "
+                  '(pip install "cbert[ray]" to spread it over Ray workers)', file=sys.stderr)
+            return None
+        return "auto"
+    require_ray()
+    return ray
+
+
+def _checked_model(model) -> str:
+    """The checkpoint folder as an absolute path, checked here so a bad one fails before any work starts."""
+    from ..checkpoint import load_checkpoint
+
+    path = str(Path(model).resolve())
+    load_checkpoint(path)
+    return path
+
+
+def _describe_input(input, sources: list[Source]) -> dict:
+    root = Path(input)
+    files = [{"path": str(Path(s.path).relative_to(root)) if root.is_dir() else root.name,
+              "bytes": os.path.getsize(s.path)} for s in sources]
+    return {"path": str(root.resolve()), "files": files}
+
+
+def pending_tables(sources: list[Source], file_indices, text_column: str, id_column: str, done):
+    """The rows of these files whose ids are not in ``done``, as Arrow tables with _file and _row."""
+    pa, pc = arrow(), need("pyarrow.compute", "cbert embed-corpus")
+    for i in file_indices:
+        for table in read_source(sources[i], text_column, id_column):
+            table = table.append_column(FILE, pa.array([i] * table.num_rows, pa.int32()))
+            if len(done):
+                table = table.filter(pc.invert(pc.is_in(table.column(id_column), value_set=done)))
+            if table.num_rows:
+                yield table
+
+
+def _parts(tables, part_rows: int):
+    """Tables cut into parts of ``part_rows`` rows (the last may be shorter)."""
+    pa = arrow()
+    held, n = [], 0
+    for t in tables:
+        held.append(t)
+        n += t.num_rows
+        while n >= part_rows:
+            whole = pa.concat_tables(held)
+            yield whole.slice(0, part_rows)
+            held, n = [whole.slice(part_rows)], n - part_rows
+    if n:
+        yield pa.concat_tables(held)
+
+
+def _run_here(corpus: Corpus, done, output: Path, embedder_kwargs: dict, part_rows: int, bar) -> None:
+    embedder = Embedder(**embedder_kwargs)
+    rows = pending_tables(corpus.sources, range(len(corpus.sources)), corpus.text_column, corpus.id_column, done)
+    for part in _parts(rows, part_rows):
+        bar.add(write_part(output, embedder(part), corpus.id_column))
+
+
+# -- Ray Data stages: module-level functions, so workers import them by name ----------------------
+
+
+def _read_stage(batch, sources, text_column, id_column, done):
+    for i in batch.column("file").to_pylist():
+        yield from pending_tables(sources, [i], text_column, id_column, done)
+
+
+def _write_stage(batch, output, id_column):
+    pa = arrow()
+    counts = write_part(output, batch, id_column)
+    return pa.table({k: [v] for k, v in counts.items()})
+
+
+def _run_on_ray(mode: str, corpus: Corpus, done, output: Path, embedder_kwargs: dict, part_rows: int,
+                workers: int | None, bar) -> str:
+    ray = require_ray()
+    started_here = _connect(ray, mode)
+    # Ray Data logs each execution's plan and end at INFO; the progress bar and summary say what matters.
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    data_log.setLevel(logging.WARNING)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # ours counts rows and tokens; Ray's would interleave with it
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        workers = workers or max(1, int(cpus))
+        id_column = corpus.id_column
+        files = ray.data.from_items([{"file": i} for i in range(len(corpus.sources))])
+        # Reading and writing hold no CPU: the CPUs belong to the Embedder actors that do the work.
+        ds = files.map_batches(_read_stage, batch_size=1, batch_format="pyarrow", num_cpus=0, fn_kwargs=dict(
+            sources=corpus.sources, text_column=corpus.text_column, id_column=id_column, done=done))
+        ds = ds.map_batches(Embedder, fn_constructor_kwargs=embedder_kwargs,
+                            compute=ray.data.ActorPoolStrategy(size=workers), batch_size=part_rows,
+                            batch_format="pyarrow", num_cpus=min(1.0, cpus / workers))
+        ds = ds.map_batches(_write_stage, batch_size=part_rows, batch_format="pyarrow", num_cpus=0,
+                            fn_kwargs=dict(output=str(output), id_column=id_column))
+        for counts in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in counts.to_pylist():
+                bar.add(row)
+        return f"Ray ({workers} workers)"
+    finally:
+        data_log.setLevel(level)
+        if started_here:
+            ray.shutdown()
+
+
+def _connect(ray, mode: str) -> bool:
+    """Join or start a Ray runtime; True when this call started (or joined) it and so must shut it down."""
+    if ray.is_initialized():
+        return False  # the caller's runtime (a Python session, a test): use it, leave it running
+    local = mode == "local" or (mode == "auto" and not os.environ.get("RAY_ADDRESS"))
+    kwargs = dict(logging_level="WARNING", log_to_driver=False)
+    if local:
+        kwargs.update(include_dashboard=False)
+    try:
+        ray.init(address="local" if local else (None if mode == "auto" else mode), **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UsageError(f"--ray {mode}: cannot start or reach a Ray runtime ({str(e).splitlines()[0]})") from None
+    return True
+
+
+class Progress:
+    """A one-line progress bar on stderr: rows done of all, tokens/s, time left."""
+
+    def __init__(self, total: int, skipped: int, enabled: bool = True, width: int = 30):
+        self.total, self.skipped, self.enabled, self.width = total, skipped, enabled, width
+        self.rows = self.tokens = self.windows = 0
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        self._shown = 0.0
+        if enabled and skipped:
+            print(f"embed-corpus: resuming: {skipped:,} of {total:,} rows are already embedded", file=sys.stderr)
+
+    def add(self, counts: dict) -> None:
+        self.rows += counts["rows"]
+        self.tokens += counts["tokens"]
+        self.windows += counts["windows"]
+        self.seconds = time.perf_counter() - self.start
+        if self.enabled and (time.perf_counter() - self._shown > 0.2 or self.skipped + self.rows == self.total):
+            self._shown = time.perf_counter()
+            done = self.skipped + self.rows
+            filled = int(self.width * done / max(self.total, 1))
+            rate = self.rows / max(self.seconds, 1e-9)
+            left = (self.total - done) / rate if rate else 0
+            print(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done:,}/{self.total:,} rows, "
+                  f"{self.tokens / max(self.seconds, 1e-9):,.0f} tokens/s, {left:,.0f} s left ", end="",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.rows:
+            print(file=sys.stderr)
