@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DEFAULT_MODEL_HELP, add_model_args, default_model_path, sentence_transformers_defaults
+from ..tasks.embed import EmbeddingDefaults
+from .common import DEFAULT_MODEL_HELP, add_model_args, default_model_path
 
 
 def cmd_embed_corpus(args) -> int:
@@ -12,9 +13,8 @@ def cmd_embed_corpus(args) -> int:
 
     if args.model is None:
         args.model = default_model_path()
-    st_pooling, st_normalize = sentence_transformers_defaults(args.model)
-    pooling = args.pooling or st_pooling or "mean"
-    normalize = st_normalize if args.normalize is None else args.normalize
+    # The defaults model.embed takes from this checkpoint, so the workers embed as `cbert embed` does.
+    pooling, normalize = EmbeddingDefaults.of_folder(args.model).resolve(args.pooling, args.normalize)
     s = embed_corpus(args.input, args.output, args.model, text_column=args.text_column, id_column=args.id_column,
                      pooling=pooling, normalize=normalize, backend=args.backend, dtype=args.dtype,
                      batch_size=args.batch_size, stride=args.stride, window_aggregation=args.window_aggregation,
