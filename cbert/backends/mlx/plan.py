@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
@@ -121,6 +122,9 @@ def _cpu_model() -> str:
 
 
 def _mlx_version() -> str:
+    core = sys.modules.get("mlx.core")
+    if core is not None:  # loaded already (the executor's case): no package metadata scan (~90 ms)
+        return core.__version__
     from importlib.metadata import PackageNotFoundError, version
 
     try:
