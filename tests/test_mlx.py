@@ -1,28 +1,38 @@
-"""MLX-specific checks: each lowering against the numpy op, GELU/exp accuracy, BLAS, compile cache, devices."""
+"""MLX-specific checks: each lowering against the numpy op, GELU/exp accuracy, BLAS, compile cache,
+GEMM plans, devices."""
+
+# The imports below follow the registry's explicit BLAS step, which must run first.
+# ruff: noqa: E402
 
 from __future__ import annotations
 
-# First, before anything imports mlx.core: this module loads OpenBLAS into the process,
-# and libmlx binds its BLAS when it loads (test_gemm_runs_on_the_loaded_blas checks).
-import cbert.backends.mlx as mlxb
+# First, before anything imports mlx.core: the registry loads OpenBLAS into the process when
+# the backend is first asked for, and libmlx binds its BLAS when it loads
+# (test_gemm_runs_on_the_loaded_blas checks).
+from cbert.backends import backend_class
+
+MLXBackend = backend_class("mlx")
 
 # isort: split
 
+import json
 import math
 import os
 import subprocess
 import sys
-import time
+import warnings
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import SHAPES, assert_close, make_inputs, min_cosine
+from conftest import SHAPES, assert_close, make_inputs, min_cosine, run_cli
 
 import cbert
 from cbert.backends import get_backend, probe
-from cbert.backends.mlx import _blas, lowering
+from cbert.backends.mlx import _blas, lowering, plan, tuning
+from cbert.backends.mlx.backend import MLXExecutable
 from cbert.backends.mlx.lowering import Precision
+from cbert.backends.mlx.plan import NO_PLAN, ROW_RANGES, GemmPlan
 from cbert.backends.numpy import NumpyExecutable
 from cbert.backends.numpy import lowering as ref
 from cbert.errors import BackendUnavailable
@@ -182,19 +192,23 @@ def test_probe_reports_blas():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS preload is Linux-only")
-def test_gemm_runs_on_the_loaded_blas():
-    # MLX's bundled reference BLAS does ~2.5 GFLOP/s here, OpenBLAS ~100+.
+def test_libmlx_binds_its_gemm_to_the_loaded_blas():
+    # What libmlx's cblas_sgemm resolved to, as the dynamic linker reports it: no timing (MLX's
+    # bundled reference BLAS runs ~2.5 GFLOP/s here, OpenBLAS ~100).
     if not any(os.path.exists(p) for p in _blas._candidates()):
         pytest.fail("no OpenBLAS on this machine: apt-get install libopenblas0-pthread")
-    with mx.stream(mx.cpu):
-        a, w = mx.random.normal((512, 768)), mx.random.normal((768, 768))
-        mx.eval(a, w)
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            mx.eval(a @ w.T)
-            best = min(best, time.perf_counter() - t)
-    assert 2 * 512 * 768 * 768 / best > 15e9, f"{2 * 512 * 768 * 768 / best / 1e9:.1f} GFLOP/s"
+    code = ("from cbert.backends import backend_class\n"
+            "backend_class('mlx')\n"
+            "import mlx.core as mx\n"
+            "with mx.stream(mx.cpu):\n"
+            "    a = mx.ones((64, 64))\n"
+            "    mx.eval(a @ a)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "LD_DEBUG": "bindings"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    bound = [line.split(" to ", 1)[1] for line in out.stderr.splitlines()
+             if "libmlx" in line and "`cblas_sgemm'" in line]
+    assert bound and all("openblas" in target for target in bound), bound
 
 
 def test_probe_tells_when_mlx_was_imported_first():
@@ -234,40 +248,80 @@ def _graph_and_params(checkpoints, name="odd13", **kw):
     return m, graph, m._graph_params(graph)
 
 
-def test_compile_cache_does_not_retrace(checkpoints):
+@pytest.fixture(autouse=True)
+def plan_cache(tmp_path, monkeypatch):
+    """Every test reads and writes GEMM plans in its own cache folder, empty at start."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "cbert" / "mlx-gemm-plans"
+
+
+def _count_traces(monkeypatch) -> list[int]:
+    """Wrap MLXExecutable._trace (before compiling) so that each trace is counted."""
+    traces = [0]
+    trace = MLXExecutable._trace
+
+    def counted(self, *args):
+        traces[0] += 1
+        return trace(self, *args)
+
+    monkeypatch.setattr(MLXExecutable, "_trace", counted)
+    return traces
+
+
+def test_compile_cache_does_not_retrace(checkpoints, monkeypatch):
     m, graph, params = _graph_and_params(checkpoints)
+    traces = _count_traces(monkeypatch)
     run = get_backend("mlx").compile(graph, params)
-    assert all(isinstance(v, mx.array) for v in run.params.values())  # weights converted once, at load
+    assert all(isinstance(v, mx.array) for v in run.weights.values())  # weights converted once, at load
     assert not any(n.op is Op.CONCAT for n in run.graph.nodes)  # QKV folded into one weight
     cfg = SHAPES["odd13"][1]
     a, b = m.check_inputs(**make_inputs(cfg, 2, 9)), m.check_inputs(**make_inputs(cfg, 3, 5))
     first = run(a)
-    assert run.traces == 1
+    assert traces[0] == 1
     second = run(a)
-    assert run.traces == 1
+    assert traces[0] == 1
     np.testing.assert_array_equal(first["last_hidden_state"], second["last_hidden_state"])
     run(b)
-    assert run.traces == 2
+    assert traces[0] == 2
     run(a)
     run(b)
-    assert run.traces == 2
+    assert traces[0] == 2
 
 
-def test_buffer_cache_holds_a_forward_and_is_never_lowered(checkpoints):
+def test_the_ir_is_left_as_given(checkpoints):
+    # Layout choices live in the executor's own plan and dicts, never in the graph or its names.
+    m, graph, params = _graph_and_params(checkpoints, "head64_untied")
+    split = _split_everywhere(graph, 8)
+    run = MLXBackend(gemm_plan=split).compile(graph, params)
+    folded = [n for n in graph.nodes if n.op is not Op.CONCAT]
+    assert list(run.graph.nodes) == folded
+    assert run.graph.outputs == graph.outputs and run.graph.inputs == graph.inputs
+    assert not any(":" in name for name in [*run.weights, *run.weights_kn])
+    # FFN down (K 200 > N 128) runs whole from a [K, N] copy and split from its [N, K] array.
+    down = next(n for n in run.graph.nodes if n.op is Op.LINEAR and run.weights[n.inputs[1]].shape == (128, 200))
+    record = run.linears[down.output]
+    assert record.transposed and record.weight == down.inputs[1] and record.chunks == (8, 8, 8)
+    assert run.weights_kn[record.weight].shape == (200, 128)
+    # Without a split the [N, K] copy of a [K, N]-held weight is not kept.
+    whole = MLXBackend(gemm_plan=GemmPlan()).compile(graph, params)
+    assert down.inputs[1] in whole.weights_kn and down.inputs[1] not in whole.weights
+
+
+def test_buffer_cache_is_raised_at_compile_and_never_lowered(checkpoints):
     m, graph, params = _graph_and_params(checkpoints)
-    run = get_backend("mlx").compile(graph, params)
     inputs = m.check_inputs(**make_inputs(SHAPES["odd13"][1], 4, 31))
     previous = mx.set_cache_limit(1)
     try:
-        run(inputs)  # first call at this shape: the limit rises to the forward's peak
-        raised = mx.set_cache_limit(1 << 40)
-        assert raised > 1
-        mx.reset_peak_memory()
-        before = mx.get_active_memory()
+        run = get_backend("mlx").compile(graph, params)
+        raised = mx.set_cache_limit(1)
+        resident = sum(w.nbytes for w in [*run.weights.values(), *run.weights_kn.values()])
+        assert raised == resident  # the compiled model's own size, set by compiling
+        mx.set_cache_limit(raised)
         run(inputs)
-        assert raised >= mx.get_peak_memory() - before > 0
-        run(m.check_inputs(**make_inputs(SHAPES["odd13"][1], 1, 2)))  # a smaller shape: no lowering
-        assert mx.set_cache_limit(previous) == 1 << 40
+        assert mx.set_cache_limit(raised) == raised  # a forward changes nothing process-wide
+        mx.set_cache_limit(1 << 40)
+        get_backend("mlx").compile(graph, params)
+        assert mx.set_cache_limit(previous) == 1 << 40  # a higher limit is never lowered
     finally:
         mx.set_cache_limit(previous)
 
@@ -282,32 +336,156 @@ def test_linear_split_matches_the_reference(chunk):
     assert_close(got, ref.linear(x, w, b, "gelu"), "linear_split", 1e-5)
 
 
+def _split_everywhere(graph, chunk: int) -> GemmPlan:
+    """A plan that runs every GEMM whose N fits ``chunk`` as linear_split, at every row count."""
+    shapes = plan.gemm_shapes(graph, graph.param_shapes)
+    return GemmPlan({(k, n, r): chunk for k, n in shapes if n % (2 * chunk) == 0 for r in range(len(ROW_RANGES))})
+
+
 def test_split_gemms_in_a_whole_forward(checkpoints):
-    # head64_untied: QKV, attention output, FFN down (stored [K, N], so split from an
-    # [N, K] copy) and pooler split at chunk 8; the FFN up (N = 200) cannot and stays whole.
+    # head64_untied: QKV, attention output, FFN down (held [K, N] for whole calls, split from
+    # its [N, K] array) and pooler split at chunk 8; the FFN up (N = 200) cannot and stays whole.
     m, graph, params = _graph_and_params(checkpoints, "head64_untied")
-    run = get_backend("mlx").compile(graph, params)
-    run.force_split = 8
+    backend = MLXBackend(gemm_plan=_split_everywhere(graph, 8))
+    run = backend.compile(graph, params)
     inputs = m.check_inputs(**make_inputs(SHAPES["head64_untied"][1], 2, 9))
     got = run(inputs)
     want = NumpyExecutable(graph, params)(inputs)
     for k in want:
         assert_close(got[k], want[k], k)
-    assert any(name.endswith(":nk") for name in run.params)
+    stats = backend.stats()
+    assert stats["gemm_plan"] == "explicit"
+    # Split: 4 layers x (QKV, attention output, FFN down), the pooler and the MLM transform;
+    # whole: 4 FFN up, the MLM decoder (N 211) and NSP (N 2).
+    assert (stats["gemms_split"], stats["gemms_whole"]) == (4 * 3 + 2, 4 + 2)
 
 
-def test_gemm_plan_takes_the_split_for_all_shapes_or_none(checkpoints):
-    from cbert.backends.mlx.backend import SPLIT_CHUNKS
-
+def test_rows_past_the_last_range_run_whole(checkpoints):
     m, graph, params = _graph_and_params(checkpoints, "head64_untied")
-    run = get_backend("mlx").compile(graph, params)
-    run(m.check_inputs(**make_inputs(SHAPES["head64_untied"][1], 1, 7)))
-    linears = {n.output for n in run.graph.nodes if n.op is Op.LINEAR}
-    assert run.gemm_plan and len(run.gemm_plan) <= len(linears)
-    fits = {key for key in run.gemm_plan if any(key[2] % (2 * c) == 0 for c in SPLIT_CHUNKS)}
-    taken = {key for key, c in run.gemm_plan.items() if c}
-    assert taken in (set(), fits)
-    assert all(key[2] % (2 * c) == 0 for key, c in run.gemm_plan.items() if c)
+    backend = MLXBackend(gemm_plan=_split_everywhere(graph, 8))
+    run = backend.compile(graph, params)
+    cfg = SHAPES["head64_untied"][1]
+    inputs = m.check_inputs(**make_inputs(cfg, 5, 60))  # 300 rows: one BLAS call; the pooler's 5 rows split
+    want = NumpyExecutable(graph, params)(inputs)
+    got = run(inputs)
+    for k in want:
+        assert_close(got[k], want[k], k)
+    assert backend.stats()["gemms_split"] == 1
+
+
+def test_no_plan_on_disk_means_whole_gemms_and_no_timing(checkpoints):
+    folder, _ = checkpoints("odd13")
+    code = ("import sys, numpy as np, cbert\n"
+            f"m = cbert.load({folder!r}, backend='mlx')\n"
+            "m.forward(np.ones((2, 7), dtype=np.int64))\n"
+            "print(m.stats())\n"
+            "print('tuning imported:', 'cbert.backends.mlx.tuning' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "'gemm_plan': 'none'" in out.stdout and "'gemms_split': 0" in out.stdout
+    assert "tuning imported: False" in out.stdout
+
+
+def test_tuner_writes_an_all_or_nothing_plan_that_compile_reads(checkpoints, plan_cache):
+    m, graph, params = _graph_and_params(checkpoints, "head64_untied")
+    shapes = plan.gemm_shapes(graph, graph.param_shapes)
+    assert shapes == {(128, 384): 4, (128, 128): 6, (128, 200): 4, (200, 128): 4, (128, 211): 1, (128, 2): 1}
+    found, path = tuning.tune_gemms(shapes, repeats=1)
+    assert path.parent == plan_cache and [p.name for p in plan_cache.iterdir()] == [path.name]  # no temp left
+    record = json.loads(path.read_text())
+    assert record["machine"] == plan.machine()
+    assert [m["rows"] for m in record["measured"]] == ["1-16", "17-64", "65-256"]
+    fits = {(k, n) for k, n in shapes if tuning.chunks_that_fit(n)}
+    for r, measured in enumerate(record["measured"]):
+        taken = {(k, n) for (k, n, rr) in found.chunks if rr == r}
+        assert taken == (fits if measured["split_taken"] else set())
+        assert measured["split_taken"] == (measured["split_ms"] <= tuning.MARGIN * measured["whole_ms"])
+    assert all(n % (2 * c) == 0 for (_, n, _), c in found.chunks.items())
+    assert found.source == str(path)
+    # Compiling reads it; a graph cut to a subset of the shapes (no MLM head) finds it too.
+    assert plan.find_plan(shapes).chunks == found.chunks
+    assert get_backend("mlx").compile(graph, params).gemm_plan.source == str(path)
+    encoder = graph.select({"last_hidden_state": graph.outputs["last_hidden_state"]})
+    assert plan.find_plan(plan.gemm_shapes(encoder, graph.param_shapes)).source == str(path)
+    # Another machine's plan is not this machine's.
+    assert plan.plan_path(shapes, {**plan.machine(), "cores": 999}) != path
+
+
+def test_plan_is_decided_per_row_range():
+    p = GemmPlan({(768, 2304, 0): 16, (768, 2304, 1): 8})
+    assert [p.chunk(768, 2304, rows) for rows in (1, 16, 17, 64, 65, 256, 257)] == [16, 16, 8, 8, None, None, None]
+    assert p.chunk(768, 768, 8) is None and p.splits(768, 2304) and not p.splits(768, 768)
+    assert NO_PLAN.describe() == "one BLAS call per GEMM"
+    assert "rows 1-16: 768->2304 at 16" in p.describe()
+
+
+def test_a_bad_plan_file_is_named_and_ignored(checkpoints, plan_cache):
+    m, graph, params = _graph_and_params(checkpoints)
+    shapes = plan.gemm_shapes(graph, graph.param_shapes)
+    path = plan.plan_path(shapes)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"format": 1, "split": [{"k": 52, "n": 52, "rows": "1-16", "chunk": 5}], "gemm_shapes": []}')
+    with pytest.warns(UserWarning, match=f"{path.name}.*chunk must be a positive divisor of n / 2.*cbert tune"):
+        assert plan.find_plan(shapes) is NO_PLAN
+    path.write_text("{not json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert get_backend("mlx").compile(graph, params).gemm_plan is NO_PLAN
+    assert any("not a readable GEMM plan" in str(w.message) for w in caught)
+
+
+def test_cli_tune_then_bench_and_devices_report_the_plan(checkpoints, plan_cache):
+    folder, _ = checkpoints("head16_pretrain")
+    bench_args = ("bench", folder, "--backends", "mlx", "--batches", "1,2", "--seq", "8", "--runs", "1",
+                  "--seconds", "0", "--warmup", "1")
+    r = run_cli(*bench_args)
+    assert r.returncode == 0, r.stderr
+    assert "cbert mlx float32 GEMM plan: none on disk for this machine and model" in r.stdout
+    r = run_cli("devices")
+    assert r.returncode == 0, r.stderr
+    assert f"  gemm plan cache: {plan_cache} (0 plans; `cbert tune --model DIR` measures one)" in r.stdout
+
+    r = run_cli("tune", "--model", folder)
+    assert r.returncode == 0, r.stderr
+    files = list(plan_cache.iterdir())
+    assert len(files) == 1 and f"wrote {files[0]}" in r.stdout
+    assert "GEMMs (K->N x count) 48->2 x1, 48->48 x5, 48->96 x3, 48->97 x1, 48->144 x3, 96->48 x3" in r.stdout
+    for rows in ("1-16", "17-64", "65-256"):
+        assert f"rows {rows:>7}: whole" in r.stdout
+    assert "rows > 256: one BLAS call (not timed)" in r.stdout and "plan: " in r.stdout
+
+    r = run_cli(*bench_args)
+    assert r.returncode == 0, r.stderr
+    assert f"cbert mlx float32 GEMM plan: {files[0]}; GEMMs split 1x8: " in r.stdout
+    r = run_cli("devices")
+    assert f"gemm plan cache: {plan_cache} (1 plan;" in r.stdout
+    assert f"    {files[0].name}: this machine, measured " in r.stdout
+
+
+def test_cli_tune_errors_are_one_line(tmp_path):
+    r = run_cli("tune", "--model", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("cbert tune: error: ") and "missing" in r.stderr
+
+
+def test_importing_the_package_changes_nothing():
+    # The BLAS load is the registry's explicit step, before the module that imports mlx.core.
+    code = ("import os, sys\n"
+            "import cbert.backends.mlx, cbert.backends.mlx.plan\n"
+            "from cbert.backends.mlx._blas import _candidates\n"
+            "ours = [os.path.realpath(p) for p in _candidates() if os.path.exists(p)]\n"
+            "maps = lambda: open('/proc/self/maps').read() if sys.platform.startswith('linux') else ''\n"
+            "loaded = lambda: any(p in maps() for p in ours)\n"
+            "print('mlx.core', 'mlx.core' in sys.modules, 'openblas', loaded())\n"
+            "from cbert.backends import backend_class\n"
+            "backend_class('mlx')\n"
+            "print('mlx.core', 'mlx.core' in sys.modules, 'openblas', loaded())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.splitlines()
+    assert before == "mlx.core False openblas False"
+    have = sys.platform.startswith("linux") and any(os.path.exists(p) for p in _blas._candidates())
+    assert after == f"mlx.core True openblas {have}"
 
 
 def test_hidden_states_and_attentions_outputs(checkpoints):
@@ -361,7 +539,9 @@ def test_bad_device_and_dtype():
     with pytest.raises(ValueError, match="dtype"):
         get_backend("mlx", dtype="float64")
     with pytest.raises(ValueError, match="dtype"):
-        mlxb.MLXBackend(dtype="int8")
+        MLXBackend(dtype="int8")
+    with pytest.raises(ValueError, match="gemm_plan: expected a cbert.backends.mlx.plan.GemmPlan"):
+        MLXBackend(gemm_plan={(52, 52, 0): 8})
 
 
 def test_mlm_rule_keeps_the_head_in_graph_on_the_cpu():

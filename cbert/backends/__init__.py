@@ -7,7 +7,9 @@ the command that installs it.
 A backend class has ``name``, ``dtypes``, ``__init__(dtype, device)``, ``describe()`` and
 ``compile(graph, params) -> callable(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]``;
 optionally ``probe()`` (a classmethod returning a dict for ``cbert devices`` and for
-``backend="auto"``: at least ``{"available": bool, "accelerated": bool}``).
+``backend="auto"``: at least ``{"available": bool, "accelerated": bool}``). A backend that
+must change the process before its library loads names that step in ``BEFORE_IMPORT``;
+importing a backend's package never does it by itself.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ from ..errors import BackendUnavailable
 # name -> (module, class, pip extra that installs what it needs)
 BACKENDS = {
     "numpy": ("cbert.backends.numpy", "NumpyBackend", None),
-    "mlx": ("cbert.backends.mlx", "MLXBackend", "mlx"),
+    "mlx": ("cbert.backends.mlx.backend", "MLXBackend", "mlx"),
     "wgpu": ("cbert.backends.wgpu", "WgpuBackend", "wgpu"),
+}
+
+# name -> "module:function" run once before the backend's module is first imported, for a
+# process-wide step that must come before its library loads. MLX: OpenBLAS goes into the
+# process before mlx.core binds its BLAS (see cbert/backends/mlx/_blas.py; the call is
+# idempotent, and it says so, without loading, when mlx.core was imported first).
+BEFORE_IMPORT = {
+    "mlx": "cbert.backends.mlx._blas:load_blas",
 }
 
 # backend="auto" tries these in order and takes the first that runs on an accelerator;
@@ -33,6 +43,9 @@ def backend_class(name: str):
         raise ValueError(f"unknown backend={name!r}; choose one of: auto, {', '.join(BACKENDS)}")
     module, cls, extra = BACKENDS[name]
     try:
+        if name in BEFORE_IMPORT:
+            setup_module, setup = BEFORE_IMPORT[name].split(":")
+            getattr(importlib.import_module(setup_module), setup)()
         mod = importlib.import_module(module)
     except ImportError as e:
         if isinstance(e, BackendUnavailable):

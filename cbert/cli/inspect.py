@@ -71,9 +71,22 @@ def cmd_devices(args) -> int:
         for k, v in p.items():
             if k != "available":
                 print(f"  {k}: {v}")
+        if name == "mlx" and p.get("available"):
+            _print_gemm_plans()
     _print_wgpu_adapters()
     print(f'backend="auto" picks: {auto_backend()}')
     return 0
+
+
+def _print_gemm_plans() -> None:
+    """Where the MLX CPU GEMM plans (`cbert tune`) are cached, and which exist."""
+    from ..backends.mlx.plan import cache_dir, list_plans
+
+    plans = list_plans()
+    print(f"  gemm plan cache: {cache_dir()} ({len(plans)} plan{'s' * (len(plans) != 1)}; "
+          "`cbert tune --model DIR` measures one)")
+    for line in plans:
+        print(f"    {line}")
 
 
 def _print_wgpu_adapters() -> None:

@@ -1,13 +1,13 @@
-"""The ``cbert`` tool subcommands: prepare, download, parity, bench, attention."""
+"""The ``cbert`` tool subcommands: prepare, download, parity, bench, tune, attention."""
 
 from __future__ import annotations
 
 import sys
 
 from ..errors import UsageError
-from .common import load_model
+from .common import default_model_path, load_model
 
-# -- tools: prepare, download, parity, bench, attention -----------------------------------------
+# -- tools: prepare, download, parity, bench, tune, attention -----------------------------------
 
 
 def _csv(value: str) -> list[str]:
@@ -78,6 +78,32 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    import json
+
+    from ..backends import backend_class
+
+    backend_class("mlx")  # the BLAS goes into the process before mlx.core (see backends/mlx/_blas.py)
+    from ..backends.mlx import tuning
+    from ..backends.mlx.plan import ROW_RANGES, gemm_shapes
+    from ..checkpoint import load_checkpoint
+    from ..graph import build
+
+    ckpt = load_checkpoint(args.model or default_model_path())
+    graph = build(ckpt.config, ckpt.heads)
+    shapes = gemm_shapes(graph, graph.param_shapes)
+    print(f"{ckpt.path}: GEMMs (K->N x count) " + ", ".join(f"{k}->{n} x{c}" for (k, n), c in sorted(shapes.items())))
+    plan, path = tuning.tune_gemms(shapes, progress=lambda line: print(line, file=sys.stderr))
+    record = json.loads(path.read_text(encoding="utf-8"))
+    for m in record["measured"]:
+        verdict = "split" if m["split_taken"] else "one BLAS call"
+        print(f"rows {m['rows']:>7}: whole {m['whole_ms']:9.2f} ms, best split {m['split_ms']:9.2f} ms -> {verdict}")
+    print(f"rows > {ROW_RANGES[-1][1]}: one BLAS call (not timed)")
+    print(f"plan: {plan.describe()}")
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_attention(args) -> int:
     from ..extras import need
     from ..tools.attention import attention_matrix, save_heatmap
@@ -140,6 +166,13 @@ def add_tool_parsers(sub) -> None:
     b.add_argument("--json", metavar="FILE")
     b.add_argument("--plot", metavar="FILE.png", help="tokens/s against batch size (needs cbert[plot])")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("tune", help="measure the MLX CPU GEMM plan for a model on this machine (once; cached)",
+                       description="Times one BLAS call against split GEMMs for each weight shape of the model and "
+                                   "row range, and writes the plan where the MLX backend reads it when it compiles "
+                                   "the model (see `cbert devices`). Without a plan every GEMM is one BLAS call.")
+    t.add_argument("--model", default=None, metavar="DIR", help="checkpoint folder (default: the default model)")
+    t.set_defaults(func=cmd_tune)
 
     a = sub.add_parser("attention", help="heatmap of one layer's attention over the tokens of a text")
     a.add_argument("model", metavar="MODEL")

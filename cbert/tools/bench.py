@@ -3,7 +3,8 @@
 Every engine (cbert backends x dtypes, and onnxruntime / torch when asked) runs the same base
 encoder (the checkpoint's heads cut off, its pooler kept) on the same random ids, in one run:
 warm-up, then the median of repeated forwards. Reported: ms per batch, tokens/s, GFLOP/s
-and the share of this machine's GEMM peak (a float32 numpy matmul measured at start).
+and the share of this machine's GEMM peak (a float32 numpy matmul measured at start), and for
+MLX the GEMM plan it ran with (``cbert tune`` measures one) and how many GEMMs it split.
 The peer helpers (ONNX export, timing) are shared with ``benchmarks/bench_cpu.py``.
 """
 
@@ -117,14 +118,25 @@ def progress_bar(i: int, total: int, label: str, stream=sys.stderr, width: int =
     stream.flush()
 
 
-def _cbert_engine(path, backend: str, dtype: str) -> Callable:
+def _cbert_engine(path, backend: str, dtype: str):
+    """(run, model) for one cbert backend and dtype."""
     from ..model import Model, load
 
     m = load(path, backend=backend, dtype=dtype)
     heads = m.checkpoint.heads
     encoder = replace(heads, mlm=False, nsp=False, seq_cls=0, token_cls=0, qa=False, pooler=heads.pooler)
     m = Model(replace(m.checkpoint, heads=encoder), m.backend)
-    return lambda inp: m.forward(**inp).last_hidden_state
+    return (lambda inp: m.forward(**inp).last_hidden_state), m
+
+
+def _gemm_plan_line(points: dict[str, dict]) -> str:
+    """The GEMM plan an MLX engine ran with and, per point, how many GEMMs it split."""
+    source = next(iter(points.values()))["gemm_plan"]
+    if source == "none":
+        source = "none on disk for this machine and model (every GEMM one BLAS call; `cbert tune` measures one)"
+    split = ", ".join(f"{p}: {s['gemms_split']} of {s['gemms_split'] + s['gemms_whole']}"
+                      for p, s in points.items())
+    return f"{source}; GEMMs split {split}"
 
 
 def _peer_engines(path, names: list[str], workdir: str) -> dict[str, Callable]:
@@ -177,15 +189,19 @@ def run_bench(path, backends: list[str], dtypes: list[str], batches: list[int], 
     if too_long:
         raise ValueError(f"--seq {too_long[0]} is longer than the model's maximum of {cfg.max_seq_len} positions")
     engines: dict[str, Callable] = {}
+    planned = {}  # engine -> model, for the backends that run a GEMM plan (MLX)
     for b in backends:
         cls = backend_class(b)
         for d in dtypes:
             if d in cls.dtypes:
-                engines[f"cbert {b} {d}"] = _cbert_engine(path, b, d)
+                engines[f"cbert {b} {d}"], model = _cbert_engine(path, b, d)
+                if b == "mlx":
+                    planned[f"cbert {b} {d}"] = model
     if not engines:
         raise ValueError(f"none of the backends {', '.join(backends)} runs dtype {', '.join(dtypes)}")
     peak = gemm_peak()
     results: list[Result] = []
+    plan_stats: dict[str, dict[str, dict]] = {name: {} for name in planned}
     with tempfile.TemporaryDirectory(prefix="cbert-bench-") as workdir:
         engines.update(_peer_engines(path, list(compare), workdir))
         total, done = len(engines) * len(batches) * len(seqs), 0
@@ -201,6 +217,8 @@ def run_bench(path, backends: list[str], dtypes: list[str], batches: list[int], 
                     if progress:
                         progress(done, total, f"{name} batch {batch} x seq {seq}")
                     sec, _ = time_engine(run, inputs, seconds, min_runs=runs, warmup=warmup)
+                    if name in planned:
+                        plan_stats[name][f"{batch}x{seq}"] = planned[name].stats()
                     flops = encoder_flops(cfg, batch, seq)
                     results.append(Result(name, batch, seq, sec * 1e3, batch * seq / sec, flops / sec / 1e9,
                                           flops / sec / 1e9 / peak))
@@ -209,7 +227,8 @@ def run_bench(path, backends: list[str], dtypes: list[str], batches: list[int], 
             progress(total, total, "done")
     return {"model": str(path), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
             "gemm_peak_gflops": peak, "flops": "encoder Linears + attention matmuls + pooler",
-            "results": [asdict(r) for r in results]}
+            "results": [asdict(r) for r in results],
+            "gemm_plans": {name: _gemm_plan_line(points) for name, points in plan_stats.items()}}
 
 
 def format_table(report: dict) -> str:
@@ -220,6 +239,8 @@ def format_table(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"{r['engine']:<28} {r['batch']:>5} {r['seq']:>5} {r['ms']:9.2f} {r['tokens_per_s']:10.0f} "
                      f"{r['gflops']:8.1f} {100 * r['peak_share']:6.1f}%")
+    for engine, plan in report.get("gemm_plans", {}).items():
+        lines.append(f"{engine} GEMM plan: {plan}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,12 @@ its own dependencies, so a BLAS opened with RTLD_GLOBAL first takes over every f
 GEMM. libmlx binds the symbol when it loads, so this has to happen before anything
 imports ``mlx.core`` (measured: loading OpenBLAS afterwards leaves GEMMs at 2.5 GFLOP/s).
 This module imports nothing from mlx, so that it can run first.
+
+Nothing here runs at import. Loading a library into the process is process-wide, so it is
+one explicit step: the backend registry (:func:`cbert.backends.backend_class`) calls
+:func:`load_blas` when the MLX backend is first asked for, before it imports
+:mod:`cbert.backends.mlx.backend` (the module that imports ``mlx.core``). A program that
+imports ``mlx.core`` itself should call ``cbert.backends.backend_class("mlx")`` first.
 """
 
 from __future__ import annotations
@@ -94,3 +100,13 @@ def blas_in_use() -> str:
         return f"{get_config().decode().strip()} ({where})"
     except AttributeError:
         return f"cblas from {where}"
+
+
+def blas_threads() -> int | None:
+    """How many threads the loaded OpenBLAS runs a GEMM on (None: not OpenBLAS, or not known)."""
+    try:
+        get = ctypes.CDLL(None).openblas_get_num_threads
+    except (OSError, AttributeError):
+        return None
+    get.restype = ctypes.c_int
+    return int(get())

@@ -1,23 +1,26 @@
-"""The MLX executor: weights on the device once, the whole forward compiled per shape."""
+"""The MLX executor: weights on the device once, every choice made at compile, the forward traced per shape.
+
+Import this module only through the backend registry (``cbert.backends.backend_class("mlx")``),
+which loads the BLAS first (see ``_blas.py``): it imports ``mlx.core``.
+"""
 
 from __future__ import annotations
 
-import time
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
 from ...errors import BackendUnavailable
-from ...ir import Graph, Node, Op, fold_constants
+from ...ir import Graph, Op, fold_constants
 from . import _blas
-from .lowering import FLOAT32_PARAMS, TABLE, Precision, concat, linear, linear_split
+from .lowering import FLOAT32_PARAMS, TABLE, Precision, concat, kn_layout, linear, linear_split
+from .plan import NO_PLAN, ROW_RANGES, GemmPlan, find_plan, gemm_shapes, row_range
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 DEVICES = ("gpu", "cpu")
-# linear_split is tried at these column chunks, and only up to this many rows: past a few
-# hundred rows one BLAS call already runs at the GEMM peak (196 GFLOP/s at 1024 rows here).
-SPLIT_CHUNKS = (32, 16, 8)
-SPLIT_MAX_ROWS = 256
 
 
 def _gpu_kind() -> str | None:
@@ -29,232 +32,188 @@ def _gpu_kind() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class LinearPlan:
+    """How the executor runs one LINEAR node: its own choice, made at compile; the graph stays as given.
+
+    ``weight`` names the node's [N, K] weight. With ``transposed``, one BLAS call reads the
+    executor's [K, N] copy of it instead (see ``lowering.kn_layout``). ``chunks`` holds, per
+    row range of ``plan.ROW_RANGES``, the column chunk ``linear_split`` runs at (reading the
+    [N, K] weight), or None for one BLAS call.
+    """
+
+    weight: str
+    transposed: bool
+    chunks: tuple[int | None, ...]
+
+    def chunk(self, rows: int) -> int | None:
+        r = row_range(rows)
+        return None if r is None else self.chunks[r]
+
+
 class MLXExecutable:
     """One graph with its weights as ``mx.array``; ``mx.compile`` traces it per input shape.
+
+    Compiling (this constructor) makes every choice, once: weights converted to the device
+    dtype, the fused QKV weight folded, each LINEAR's ``LinearPlan`` read off the GEMM plan
+    (with the [K, N] and [N, K] copies it needs, in the executor's own dicts), and MLX's
+    buffer cache raised to hold a forward (:func:`_keep_in_cache`, process-wide, explicit
+    here). A call converts the inputs, runs the compiled forward and reads the outputs back.
 
     Shape class = the exact (batch, seq): ``mx.compile`` (shapeless=False) keeps one trace
     per input shape and reuses it, so a repeated shape costs no Python and no retrace.
     Padding seq to buckets would save traces but not work, and the padded columns would
     change what a fully masked row attends to (uniform over S keys in the reference).
+
+    Threads: one executable may be called from any number of threads at once, each getting
+    the serial result. MLX (0.31.2 on) gives every thread its own streams: an array on a
+    stream made by another thread fails with "There is no Stream(cpu, N) in current
+    thread" (what broke a model loaded in one thread and run in another), and
+    ``mx.compile`` keeps its traces per thread. So nothing here holds a stream: a call runs
+    on its own thread's default stream for the device (``mx.stream(device)``), and each
+    thread makes, the first time it calls, its own compiled forward and, the first time it
+    traces a split, its own second stream for ``linear_split``. Each thread traces a shape
+    once, and MLX keeps an OS thread for every stream ever made (measured: 50 short-lived
+    threads left 100 behind), so call from a fixed pool of threads, not a new thread per
+    request. (One compiled function shared by threads also works, but with mlx 0.32.4 it
+    aborted the interpreter at exit, "terminate called without an active exception", in 9
+    of 16 runs of a 4-line script; one per thread, 0 of 24.) The weights, evaluated at
+    compile, are only read. No lock is taken: 8 threads x 8 calls of all-MiniLM-L6-v2 on
+    mixed shapes (2 cores shared with other jobs) took 15.3, 21.4 and 30.4 s without a lock
+    and 15.6, 25.7 and 25.2 s in runs paired with those with one around each call: no
+    difference beyond the noise (the BLAS fills the cores either way), and a lock would
+    serialise the traces too.
     """
 
-    def __init__(self, graph: Graph, params: dict[str, np.ndarray], precision: Precision, device: mx.Device):
+    def __init__(self, graph: Graph, params: dict[str, np.ndarray], precision: Precision, device: mx.Device,
+                 gemm_plan: GemmPlan | None, backend: MLXBackend | None = None):
         self.precision = precision
         self.device = device
-        self.traces = 0  # how many times the forward was traced (tests read it)
-        self._sized: set[tuple] = set()  # input shapes whose peak memory the MLX cache was sized for
+        self.backend = backend
         keep32 = {n.inputs[i] for n in graph.nodes for i in FLOAT32_PARAMS.get(n.op, ())}
         with mx.stream(device):
-            arrays = {name: self._to_device(name, a, name in keep32) for name, a in params.items()}
-            graph, arrays = fold_constants(graph, arrays, concat)
-            if precision.cpu:
-                graph, arrays = _kn_weights(graph, arrays)
-            mx.eval(list(arrays.values()))
+            weights = {name: self._to_device(name, a, keep32) for name, a in params.items()}
+            graph, weights = fold_constants(graph, weights, concat)
         self.graph = graph
-        self.params = arrays
-        self._forward = mx.compile(self._trace)
-        # The CPU's second stream (linear_split runs half of its GEMMs there), and per GEMM
-        # shape (rows, K, N) the column chunk linear_split takes, or None for one BLAS call.
-        self._aux = mx.new_stream(device) if precision.cpu else None
-        self.gemm_plan: dict[tuple[int, int, int], int | None] = {}
-        self.force_split: int | None = None  # tests: linear_split at this chunk wherever it fits
+        shapes = gemm_shapes(graph, {name: tuple(w.shape) for name, w in weights.items()})
+        # The split and the [K, N] copies pay off on the CPU's BLAS only.
+        self.gemm_plan = NO_PLAN if not precision.cpu else gemm_plan if gemm_plan is not None else find_plan(shapes)
+        self.linears = {n.output: self._linear_plan(n.inputs[1], weights) for n in graph.nodes if n.op is Op.LINEAR}
+        with mx.stream(device):
+            # [K, N] copies where a whole call reads one; the [N, K] array is dropped where
+            # nothing else reads it (BERT-base: the FFN down-projections, 28 MB).
+            self.weights_kn = {p.weight: mx.contiguous(weights[p.weight].T)
+                               for p in self.linears.values() if p.transposed}
+            needs_nk = {i for n in graph.nodes if n.op is not Op.LINEAR for i in n.inputs}
+            needs_nk |= {p.weight for p in self.linears.values() if not p.transposed or any(p.chunks)}
+            self.weights = {name: w for name, w in weights.items() if name in needs_nk or name not in self.weights_kn}
+            mx.eval(list(self.weights.values()) + list(self.weights_kn.values()))
+        self._threads = threading.local()  # per thread: the compiled forward, linear_split's second stream
+        self._split_counts: dict[tuple, tuple[int, int]] = {}  # input shape -> (GEMMs split, GEMMs whole)
+        resident = sum(w.nbytes for w in self.weights.values()) + sum(w.nbytes for w in self.weights_kn.values())
+        _keep_in_cache(resident)
 
-    def _to_device(self, name: str, a: np.ndarray, keep32: bool) -> mx.array:
+    def _to_device(self, name: str, a: np.ndarray, keep32: set[str]) -> mx.array:
         # One host->device copy per weight, at load. (mx.array copies, so read-only
         # memory-mapped params are fine and the mapping is not kept alive.)
         x = mx.array(np.asarray(a, dtype=np.float32))
         p = self.precision
-        if keep32:
+        if name in keep32:
             return x
         if p.half:
             x = x.astype(p.store)  # the half model's weights ...
         # ... held in the GEMM dtype (float32 on the CPU: MLX has no fast half GEMM there).
         return x.astype(p.gemm)
 
-    def _trace(self, params: dict[str, mx.array], inputs: dict[str, mx.array]) -> dict[str, mx.array]:
-        # Runs only while mx.compile traces: once per new input shape.
-        self.traces += 1
-        env = self._lower({**params, **inputs})
-        return {k: env[v].astype(mx.float32) for k, v in self.graph.outputs.items()}
+    def _linear_plan(self, weight: str, weights: dict[str, mx.array]) -> LinearPlan:
+        n, k = weights[weight].shape
+        chunks = tuple(self.gemm_plan.chunks.get((k, n, r)) for r in range(len(ROW_RANGES)))
+        return LinearPlan(weight, self.precision.cpu and kn_layout(k, n), chunks)
 
-    def _lower(self, env: dict[str, mx.array], linears: dict | None = None) -> dict[str, mx.array]:
-        """Every node's lowering into ``env``; ``linears`` collects (rows, K, N) -> LINEAR nodes."""
+    def _forward(self) -> Callable:
+        """This thread's compiled forward (see the class docstring: one per thread)."""
+        forward = getattr(self._threads, "forward", None)
+        if forward is None:
+            forward = self._threads.forward = mx.compile(self._trace)
+        return forward
+
+    def _aux_stream(self) -> mx.Stream:
+        """This thread's second CPU stream for linear_split (MLX streams belong to the thread that made them)."""
+        aux = getattr(self._threads, "aux", None)
+        if aux is None:
+            aux = self._threads.aux = mx.new_stream(self.device)
+        return aux
+
+    def _trace(self, weights: dict[str, mx.array], weights_kn: dict[str, mx.array],
+               inputs: dict[str, mx.array]) -> dict[str, mx.array]:
+        # Runs only while mx.compile traces: once per new input shape in each thread.
         p = self.precision
+        env = {**weights, **inputs}
+        split = whole = 0
         for n in self.graph.nodes:
-            args = [env[i] for i in n.inputs]
-            chunk = None
-            if n.op is Op.LINEAR:
-                if linears is not None:
-                    linears.setdefault(_gemm_shape(n, args[0], args[1]), []).append(n)
-                chunk = self._split_chunk(n, args[0], env)
+            if n.op is not Op.LINEAR:
+                env[n.output] = TABLE[n.op](p, *[env[i] for i in n.inputs], **n.kwargs)
+                continue
+            plan, x, b = self.linears[n.output], env[n.inputs[0]], env[n.inputs[2]]
+            chunk = plan.chunk(x.size // x.shape[-1])
+            act = n.kwargs["activation"]
             if chunk:
-                w = env[_nk_name(n)]
-                env[n.output] = linear_split(p, args[0], w, args[2], n.kwargs["activation"], chunk, self._aux)
+                env[n.output] = linear_split(p, x, env[plan.weight], b, act, chunk, self._aux_stream())
+            elif plan.transposed:
+                env[n.output] = linear(p, x, weights_kn[plan.weight], b, act, "kn")
             else:
-                env[n.output] = TABLE[n.op](p, *args, **n.kwargs)
-        return env
+                env[n.output] = linear(p, x, env[plan.weight], b, act)
+            split, whole = split + bool(chunk), whole + (not chunk)
+        self._split_counts[tuple(tuple(a.shape) for a in inputs.values())] = (split, whole)
+        return {k: env[v].astype(mx.float32) for k, v in self.graph.outputs.items()}
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = {k: mx.array(np.ascontiguousarray(inputs[k], dtype=np.int32)) for k in self.graph.inputs}
-        shape = tuple(tuple(a.shape) for a in arrays.values())
-        first = shape not in self._sized
-        if first:
-            if self._aux is not None:
-                with mx.stream(self.device):
-                    self._plan_gemms(arrays)
-            mx.reset_peak_memory()
-            before = mx.get_active_memory()
         with mx.stream(self.device):
-            out = self._forward(self.params, arrays)
+            out = self._forward()(self.weights, self.weights_kn, arrays)
             mx.eval(list(out.values()))  # one evaluation of the whole forward
-        if first:
-            self._sized.add(shape)
-            # Twice the first call's peak: later calls at the shape peaked ~25% higher (measured).
-            _keep_in_cache(2 * (mx.get_peak_memory() - before))
+        if self.backend is not None:
+            split, whole = self._split_counts[tuple(tuple(a.shape) for a in arrays.values())]
+            self.backend.record({"gemm_plan": self.gemm_plan.source, "gemms_split": split, "gemms_whole": whole})
         return {k: np.array(v, copy=True) for k, v in out.items()}
-
-    def _split_chunk(self, n: Node, x: mx.array, env: dict) -> int | None:
-        if self._aux is None or _nk_name(n) not in env:
-            return None
-        m, k, cols = _gemm_shape(n, x, env[n.inputs[1]])
-        if self.force_split:
-            return self.force_split if cols % (2 * self.force_split) == 0 else None
-        return self.gemm_plan.get((m, k, cols))
-
-    def _plan_gemms(self, arrays: dict[str, mx.array]) -> None:
-        """Time one BLAS call against linear_split for each new GEMM shape of these inputs.
-
-        The graph is built lazily on the real inputs (MLX computes nothing until eval) to
-        learn each LINEAR's rows; each shape is then timed over all its weights. Where the
-        split is taken, every weight of that shape gets an [N, K] copy if it is stored
-        [K, N] (BERT-base: the FFN down-projections, +28 MB).
-        """
-        shapes: dict[tuple[int, int, int], list[Node]] = {}
-        self._lower({**self.params, **arrays}, shapes)  # lazy: builds the graph, computes nothing
-        new = {key: nodes for key, nodes in shapes.items() if key not in self.gemm_plan}
-        nk = {key: self._nk_weights(nodes) for key, nodes in shapes.items()
-              if _chunks(key) and (self.force_split or key in new)}
-        if self.force_split is None and new:
-            # All or nothing: a threaded BLAS call leaves OpenBLAS's worker spinning for a
-            # while, and beside the two split streams that is three busy threads on two
-            # cores (measured: a forward with one GEMM shape left whole ran at 77 ms median
-            # against 55 with all four split). So the split is taken for every new shape
-            # where it fits, if all of them together beat the whole calls by 5%.
-            timed = {key: self._time_split(key, nodes, nk.get(key)) for key, nodes in new.items()}
-            whole = sum(t[None] for t in timed.values())
-            best = {key: min((c for c in t if c), key=t.get, default=None) for key, t in timed.items()}
-            split = sum(t[best[key]] for key, t in timed.items())
-            take = split <= 0.95 * whole
-            for key in new:
-                self.gemm_plan[key] = best[key] if take else None
-        for key, nodes in shapes.items():
-            if key in nk and (self.gemm_plan.get(key) or self.force_split):
-                self.params.update({_nk_name(n): w for n, w in zip(nodes, nk[key])})
-        mx.eval(list(self.params.values()))
-
-    def _nk_weights(self, nodes: list[Node]) -> list[mx.array]:
-        """Each node's weight as [N, K]: itself, or a transposed copy of one stored [K, N]."""
-        return [self.params[_nk_name(n)] if _nk_name(n) in self.params
-                else mx.contiguous(self.params[n.inputs[1]].T) for n in nodes]
-
-    def _time_split(self, key: tuple[int, int, int], nodes: list[Node],
-                    ws_nk: list[mx.array] | None) -> dict[int | None, float]:
-        """Seconds for one BLAS call (None) and for linear_split at each chunk that fits, per forward.
-
-        Timed over every weight of the shape, as the forward meets them: a weight that
-        stays in cache between repeats would hide the packing cost the split avoids.
-        """
-        m, k, _ = key
-        p, layout = self.precision, nodes[0].kwargs.get("weight_layout", "nk")
-        ws = [self.params[n.inputs[1]] for n in nodes]
-        bs = [self.params[n.inputs[2]] for n in nodes]
-        x = mx.random.normal((m, k), key=mx.random.key(0)).astype(p.gemm)
-        plain = mx.compile(lambda x, ws, bs: [linear(p, x, w, b, "none", layout) for w, b in zip(ws, bs)])
-        times: dict[int | None, float] = {None: _best_time(lambda: plain(x, ws, bs))}
-        for c in _chunks(key):
-            split = mx.compile(lambda x, ws, bs, c=c: [linear_split(p, x, w, b, "none", c, self._aux)
-                                                      for w, b in zip(ws, bs)])
-            times[c] = _best_time(lambda split=split: split(x, ws_nk, bs))
-        return times
-
-
-def _chunks(key: tuple[int, int, int]) -> list[int]:
-    """The linear_split chunks worth timing for a GEMM of (rows, K, N)."""
-    m, _, cols = key
-    return [c for c in SPLIT_CHUNKS if cols % (2 * c) == 0] if m <= SPLIT_MAX_ROWS else []
-
-
-def _nk_name(n: Node) -> str:
-    """The name of the node's weight in [N, K] layout (the weight itself unless stored [K, N])."""
-    w = n.inputs[1]
-    return w + ":nk" if n.kwargs.get("weight_layout") == "kn" else w
-
-
-def _gemm_shape(n: Node, x: mx.array, w: mx.array) -> tuple[int, int, int]:
-    k = x.shape[-1]
-    return x.size // k, k, w.shape[1] if n.kwargs.get("weight_layout") == "kn" else w.shape[0]
-
-
-def _best_time(run, repeats: int = 3) -> float:
-    mx.eval(run())
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        mx.eval(run())
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def _keep_in_cache(nbytes: int) -> None:
-    """Let MLX's buffer cache hold one forward's intermediates (``nbytes``), never lowering it.
+    """Let MLX's buffer cache hold ``nbytes`` of freed buffers, never lowering it. Called at compile.
 
     MLX caps its cache of freed buffers at 32 MiB on the CPU; a BERT-base layer at batch
     8 x 128 frees ~12 MB buffers by the dozen, and past the cap each one goes back to glibc,
     whose next malloc maps fresh pages and faults them in. Measured (BERT-base, 8 x 128,
     best of 6): 1188-1222 ms per forward at the default cap, 1146-1153 ms with it raised;
-    the earlier 14-kernel GELU alone went 45 -> 17 ms. The cap is process-wide, so it is
-    only ever raised.
+    the earlier 14-kernel GELU alone went 45 -> 17 ms. The compiled model raises the cap to
+    its own size: memory held beyond the model's is then at most the model again, and that
+    holds a whole forward's intermediates up to about 3,000 tokens (measured: BERT-base at
+    8 x 128 peaks 139 MB above its 433 MB; the cap used to be raised per shape to twice a
+    forward's peak, 277 MB there). The cap is process-wide, so it is only ever raised, and
+    set here, when a graph is compiled, never by a forward.
     """
     previous = mx.set_cache_limit(int(nbytes))  # MLX has no getter: setting returns the old limit
     if previous > nbytes:
         mx.set_cache_limit(previous)
 
 
-def _kn_weights(graph: Graph, arrays: dict[str, mx.array]) -> tuple[Graph, dict[str, mx.array]]:
-    """Store a LINEAR weight as [K, N] where K > N (the FFN down-projection), on the CPU.
-
-    Measured here (OpenBLAS, 2 threads, x [32, 3072] @ W -> [32, 768]): W.T of a [N, K]
-    array 1.87-1.94 ms, a contiguous [K, N] array 1.04-1.07 ms; with K < N the [N, K]
-    layout is as fast or faster (32x768 -> 3072: 1.07 vs 1.31 ms), and at 1024 rows both
-    layouts run at 196 GFLOP/s. So only K > N weights are transposed, once, at load.
-    """
-    nodes, moved = [], {}
-    for n in graph.nodes:
-        w = n.inputs[1] if n.op is Op.LINEAR else None
-        if w is not None and arrays[w].shape[1] > arrays[w].shape[0]:
-            if w not in moved:
-                moved[w] = mx.contiguous(arrays[w].T)
-            n = Node(n.op, n.inputs, n.output, tuple(sorted((*n.attrs, ("weight_layout", "kn")))))
-        nodes.append(n)
-    for w, kn in moved.items():
-        if all(m.op is Op.LINEAR for m in graph.nodes if w in m.inputs):
-            arrays[w] = kn
-        else:  # also read by another op in [N, K]: keep both
-            arrays[w + ":kn"] = kn
-            nodes = [Node(m.op, tuple(w + ":kn" if (i == w and dict(m.attrs).get("weight_layout") == "kn") else i
-                                      for i in m.inputs), m.output, m.attrs) for m in nodes]
-    return Graph(tuple(nodes), graph.inputs, graph.outputs, graph.param_shapes), arrays
-
-
 class MLXBackend:
-    """MLX on its default device (or ``device="cpu"``/``"gpu"``), float32 or half precision."""
+    """MLX on its default device (or ``device="cpu"``/``"gpu"``), float32 or half precision.
+
+    ``gemm_plan``: the GEMM plan every compiled graph uses on the CPU (see ``plan.py``);
+    None reads the plan ``cbert tune`` cached for this machine and the graph's GEMM shapes,
+    and with none on disk runs every GEMM as one BLAS call.
+    """
 
     name = "mlx"
     dtypes = ("float32", "float16", "bfloat16")
 
-    def __init__(self, dtype: str = "float32", device: str | None = None):
+    def __init__(self, dtype: str = "float32", device: str | None = None, gemm_plan: GemmPlan | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"backend='mlx' runs dtype float32, float16 or bfloat16; got dtype={dtype!r}")
+        if gemm_plan is not None and not isinstance(gemm_plan, GemmPlan):
+            raise ValueError(f"backend='mlx' gemm_plan: expected a cbert.backends.mlx.plan.GemmPlan or None; "
+                             f"got {type(gemm_plan).__name__}")
         if device is None:
             dev = mx.default_device()
         elif device in DEVICES:
@@ -270,17 +229,27 @@ class MLXBackend:
         cpu = self.device.type == mx.DeviceType.cpu
         store = DTYPES[dtype]
         self.precision = Precision(store=store, gemm=mx.float32 if cpu else store, cpu=cpu)
-
-    @property
-    def device_name(self) -> str:
-        return "cpu" if self.precision.cpu else "gpu"
+        self.gemm_plan = gemm_plan
+        self._stats: dict = {}
 
     def describe(self) -> str:
         where = "CPU, " + _blas.blas_in_use() if self.precision.cpu else f"GPU ({_gpu_kind()})"
         return f"mlx {mx.__version__} ({self.dtype}, {where})"
 
     def compile(self, graph: Graph, params: dict[str, np.ndarray]) -> MLXExecutable:
-        return MLXExecutable(graph, params, self.precision, self.device)
+        return MLXExecutable(graph, params, self.precision, self.device, self.gemm_plan, self)
+
+    def stats(self) -> dict:
+        """What the most recent forward did: the GEMM plan it used and how many GEMMs it split.
+
+        With threads, "most recent" is whichever call finished last.
+        """
+        if not self._stats:
+            raise RuntimeError("backend='mlx' has run no forward yet")
+        return dict(self._stats)
+
+    def record(self, stats: dict) -> None:
+        self._stats = stats
 
     def mlm_in_graph(self, batch: int, seq: int) -> bool:
         """Whether the MLM head runs inside the compiled forward (else numpy on the host).
