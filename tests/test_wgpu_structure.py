@@ -10,7 +10,9 @@ from conftest import SHAPES, make_inputs
 
 import cbert
 from cbert.backends.wgpu import WgpuBackend, device
-from cbert.backends.wgpu.kernels import Lowering
+from cbert.backends.wgpu.lowering import gemm_rows
+from cbert.backends.wgpu.planner import assign_slots, nbytes_of, token_shapes, value_itemsize
+from cbert.ir import Graph, Op, node
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_warm_forward_creates_nothing_and_submits_once(model):
     s = model.stats()
     assert (s["buffers_created"], s["pipelines_created"]) == (0, 0)
     # A shape whose QKV GEMM takes the other row tile: every variant was built at load.
-    assert Lowering.gemm_rows(3 * 20, 3 * cfg["hidden_size"]) != Lowering.gemm_rows(32 * 32, 3 * cfg["hidden_size"])
+    assert gemm_rows(3 * 20, 3 * cfg["hidden_size"]) != gemm_rows(32 * 32, 3 * cfg["hidden_size"])
     model.forward(**make_inputs(cfg, 32, 32))
     assert model.stats()["pipelines_created"] == 0
 
@@ -80,3 +82,24 @@ def test_outputs_are_float32_and_writable(model):
     out = model.forward(**make_inputs(SHAPES["head16_pretrain"][1], 1, 5))
     for v in out.values():
         assert v.dtype == np.float32 and v.flags.writeable
+
+
+def test_slots_never_hold_two_live_values():
+    nodes = [node(Op.EMBED, ["ln_w", "ln_b", "word", "input_ids"], "x0", eps=1e-12)]
+    for i in range(4):
+        x = f"x{i}"
+        nodes += [node(Op.LINEAR, [x, "up", "up_b"], f"h{i}", activation="gelu"),
+                  node(Op.LINEAR, [f"h{i}", "down", "down_b"], f"d{i}", activation="none"),
+                  node(Op.ADD_LN, [f"d{i}", x, "ln_w", "ln_b"], f"x{i + 1}", eps=1e-12),
+                  node(Op.FIRST_TOKEN, [x], f"unread{i}")]
+    graph = Graph(tuple(nodes), ("input_ids",), {"last": "x4", "second": "x2"})
+    params = {"ln_w": (8,), "ln_b": (8,), "word": (5, 8), "up": (24, 8), "up_b": (24,), "down": (8, 24),
+              "down_b": (8,)}
+    nbytes = nbytes_of(token_shapes(graph, params, 3, 7), value_itemsize(graph, 4))
+    slot_of, sizes = assign_slots(graph, nbytes)
+    last_read = {name: i for i, n in enumerate(nodes) for name in n.inputs}
+    for i, n in enumerate(nodes):
+        live = {m.output for m in nodes[:i] if last_read.get(m.output, -1) >= i or m.output in ("x4", "x2")}
+        assert slot_of[n.output] not in {slot_of[v] for v in live}, n.output
+        assert sizes[slot_of[n.output]] >= nbytes[n.output]
+    assert len(sizes) < len(nodes) / 2  # and slots are reused
