@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -61,21 +62,48 @@ def test_probe_and_describe_name_the_adapter():
     assert p["adapter"] in WgpuBackend().describe()
 
 
-def test_software_adapter_warns_once(monkeypatch):
-    monkeypatch.setattr(device, "_warned_cpu", False)
-    info = dict(device.gpu().info, software=True)
+def test_software_adapter_warns_once_per_device(monkeypatch):
+    gpu = device.SHARED.get()
+    monkeypatch.setattr(gpu, "warned_software", False)
+    monkeypatch.setattr(gpu, "info", dict(gpu.info, software=True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        device.warn_if_software(info)
-        device.warn_if_software(info)
+        WgpuBackend()
+        WgpuBackend()
     assert len([w for w in caught if "software" in str(w.message)]) == 1
 
 
 def test_float16_without_the_feature_says_so(monkeypatch):
-    gpu = device.gpu()
+    gpu = device.SHARED.get()
     monkeypatch.setattr(gpu, "info", dict(gpu.info, f16=False))
     with pytest.raises(ValueError, match="shader-f16"):
         WgpuBackend(dtype="float16")
+
+
+def test_shared_device_is_opened_once_under_threads(monkeypatch):
+    opened = []
+    monkeypatch.setattr(device, "open_gpu", lambda: opened.append(object()) or opened[-1])
+    holder = device.SharedDevice()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: holder.get(), range(32)))
+    assert len(opened) == 1 and all(g is opened[0] for g in got)
+
+
+def test_a_backend_given_its_own_device_uses_it():
+    own = device.open_gpu()
+    backend = WgpuBackend(gpu=own)
+    assert backend.gpu is own and own is not device.SHARED.get()
+    graph = Graph((node(Op.EMBED, ["ln_w", "ln_b", "word", "input_ids"], "x", eps=1e-12),
+                   node(Op.LINEAR, ["x", "w", "b"], "y", activation="gelu")), ("input_ids",), {"y": "y"})
+    rng = np.random.default_rng(0)
+    params = {"ln_w": rng.standard_normal(8), "ln_b": rng.standard_normal(8), "word": rng.standard_normal((5, 8)),
+              "w": rng.standard_normal((6, 8)), "b": rng.standard_normal(6)}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    inputs = {"input_ids": rng.integers(0, 5, (2, 3))}
+    built = own.buffers_created
+    got = backend.compile(graph, params)(inputs)["y"]
+    assert own.buffers_created > built  # made on the device it was given
+    np.testing.assert_array_equal(got, WgpuBackend().compile(graph, params)(inputs)["y"])
 
 
 def test_outputs_are_float32_and_writable(model):

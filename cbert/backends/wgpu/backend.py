@@ -5,22 +5,26 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import Graph
-from .device import gpu, warn_if_software
+from .device import SHARED, Gpu
 from .executor import Concat, WgpuExecutable
 
 
 class WgpuBackend:
-    """WGSL kernels through wgpu-py on the best adapter (Vulkan, Metal or DX12 before GL)."""
+    """WGSL kernels through wgpu-py on the best adapter (Vulkan, Metal or DX12 before GL).
+
+    The device is the process's shared one (:data:`cbert.backends.wgpu.device.SHARED`)
+    unless ``gpu`` gives another (:func:`cbert.backends.wgpu.device.open_gpu`).
+    """
 
     name = "wgpu"
     dtypes = ("float32", "float16")
 
-    def __init__(self, dtype: str = "float32", device: str | None = None):
+    def __init__(self, dtype: str = "float32", device: str | None = None, gpu: Gpu | None = None):
         if device not in (None, "gpu"):
             raise ValueError(f"backend='wgpu' picks its adapter itself (see `cbert devices`); got device={device!r}")
         if dtype not in self.dtypes:
             raise ValueError(f"backend='wgpu' runs float32 or float16; got dtype={dtype!r}")
-        self.gpu = gpu()
+        self.gpu = gpu if gpu is not None else SHARED.get()
         info = self.gpu.info
         if dtype == "float16" and not info["f16"]:
             raise ValueError(f"backend='wgpu' dtype='float16' needs the shader-f16 feature, which the adapter "
@@ -28,12 +32,12 @@ class WgpuBackend:
         self.dtype = dtype
         self._uploads: dict[tuple, object] = {}
         self._stats: dict = {}
-        warn_if_software(info)
+        self.gpu.warn_if_software()
 
     @classmethod
     def probe(cls) -> dict:
         """Says, without warning: probing is not using (backend="auto" probes and may pick numpy)."""
-        info = gpu().info
+        info = SHARED.get().info
         found = {"available": True, "accelerated": not info["software"], "adapter": info["adapter"],
                  "backend": info["backend"], "type": info["type"], "driver": info["driver"], "f16": info["f16"],
                  "subgroups": info["subgroups"]}
