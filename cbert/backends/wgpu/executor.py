@@ -7,10 +7,15 @@ buffer and a persistent MAP_READ buffer, all created once. Per exact (batch, seq
 dispatch list with its bind groups and uniform bytes, built once. A forward then writes
 the inputs (and the uniforms when the shape changed), records one compute pass and the
 copies of the requested outputs, submits once and maps the read-back buffer.
+
+Those buffers are shared by every forward of a shape class, so one lock per executable
+spans the planning and everything from the first write to the end of the read-back;
+packing the inputs and converting the outputs run outside it (see :class:`WgpuBackend`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from math import prod
@@ -75,6 +80,7 @@ class WgpuExecutable:
         self.itemsizes = self.lowering.value_itemsizes
         self.arenas: dict[tuple, Arena] = {}
         self.plans: dict[tuple, Plan] = {}
+        self.lock = threading.Lock()  # held by one forward at a time: its arena's buffers are shared
         self._ustride = -(-PARAMS_BYTES // self.gpu.uniform_align) * self.gpu.uniform_align
         # Warm-up: every pipeline a forward of any shape can pick (each GEMM in each row tile).
         for k in self.lowering.warm_kernels(token_shapes(self.graph, self.param_shapes, 1, 1)):
@@ -146,11 +152,12 @@ class WgpuExecutable:
         gpu, t0 = self.gpu, time.perf_counter()
         batch, seq = np.shape(inputs["input_ids"])
         packed = np.stack([np.broadcast_to(inputs[n], (batch, seq)) for n in self.graph.inputs]).astype(np.int32)
-        before = (gpu.buffers_created, gpu.pipelines_created, gpu.bind_groups_created)
-        plan = self._plan(batch, seq)
-        raw, uploaded = self._run(plan, batch, seq, packed)
-        created = (gpu.buffers_created - before[0], gpu.pipelines_created - before[1],
-                   gpu.bind_groups_created - before[2])
+        with self.lock:
+            before = (gpu.buffers_created, gpu.pipelines_created, gpu.bind_groups_created)
+            plan = self._plan(batch, seq)
+            raw, uploaded = self._run(plan, batch, seq, packed)
+            created = (gpu.buffers_created - before[0], gpu.pipelines_created - before[1],
+                       gpu.bind_groups_created - before[2])
         result = {}
         for name, (offset, shape, itemsize) in plan.outputs.items():
             dtype = np.float32 if itemsize == 4 else self.np_dtype
@@ -166,7 +173,10 @@ class WgpuExecutable:
         return result
 
     def _run(self, plan: Plan, batch: int, seq: int, packed: np.ndarray) -> tuple[bytes, int]:
-        """Write, submit once, read back: the bytes of the requested outputs and the bytes uploaded."""
+        """Write, submit once, read back: the bytes of the requested outputs and the bytes uploaded.
+
+        The caller holds the lock: the arena's buffers serve every forward of the shape class.
+        """
         arena, device = plan.arena, self.gpu.device
         uploaded = 0
         if arena.uniforms_for != (batch, seq):  # another shape of the class ran last
