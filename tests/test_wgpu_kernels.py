@@ -16,7 +16,8 @@ from conftest import assert_close
 from cbert.backends import numpy as numpy_backend
 from cbert.backends.wgpu import WgpuBackend, lowering
 from cbert.backends.wgpu.device import Gpu, shader_dir
-from cbert.backends.wgpu.lowering import GEMM_TMS, PARAMS_BYTES, gemm_rows
+from cbert.backends.wgpu.kernels import ATTN, GEMM, GEMM_TMS, PARAMS_BYTES, ROWS
+from cbert.backends.wgpu.lowering import gemm_rows
 from cbert.ir import ACTIVATIONS, Graph, Op, node
 
 VOCAB, MAXPOS = 11, 140
@@ -176,7 +177,7 @@ def test_split_beyond_binding_limit(monkeypatch):
         assert_close(got[key], want[key], f"{key} split")
 
 
-@pytest.mark.parametrize("shader", [lowering.ROWS, lowering.GEMM, lowering.ATTN], ids=lambda s: s.file)
+@pytest.mark.parametrize("shader", [ROWS, GEMM, ATTN], ids=lambda s: s.file)
 def test_params_and_bindings_are_those_of_the_wgsl(shader):
     """Each Params dataclass is its file's struct Params, field for field; bindings as the file declares them."""
     text = (shader_dir() / shader.file).read_text()

@@ -24,7 +24,8 @@ import numpy as np
 import wgpu
 
 from ...ir import Graph, fold_constants
-from .lowering import PARAMS_BYTES, Lowering
+from .kernels import PARAMS_BYTES
+from .lowering import Lowering
 from .planner import assign_slots, nbytes_of, token_shapes
 
 
