@@ -23,11 +23,15 @@ LAYERNORM    inputs (x, w, b); attrs eps.
 FIRST_TOKEN  inputs (x [B, S, H]) -> x[:, 0] [B, H].
 CONCAT       inputs (params...); attrs axis. Only ever applied to parameters, so every
              backend folds it at load (see :func:`fold_constants`).
+
+The same rules as code: :data:`SHAPE_RULES` (one function per op) and :func:`infer_shapes`,
+which the checkpoint loader, the numpy executor and the wgpu planner all call. The one
+lifetime analysis every executor frees values by is :func:`free_after`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -150,3 +154,201 @@ def expose_attentions(graph: Graph) -> Graph:
                   node(Op.ATTN_APPLY, [probs, qkv], n.output, **n.kwargs)]
         layer += 1
     return Graph(tuple(nodes), graph.inputs, outputs, graph.param_shapes)
+
+
+# -- shapes ------------------------------------------------------------------------------
+
+Shape = tuple[int, ...]
+
+
+class _Check:
+    """The operands of one node, by name, and a way to say which one is wrong and why."""
+
+    def __init__(self, n: Node, shapes: Mapping[str, Shape]):
+        self.node = n
+        self.shapes = [tuple(shapes[name]) for name in n.inputs]
+
+    def fail(self, index: int, expected: str) -> None:
+        name = self.node.inputs[index]
+        raise ValueError(f"node {self.node.output!r} ({self.node.op.name}): operand {index} {name!r} has shape "
+                         f"{self.shapes[index]}, expected {expected}")
+
+    def rank(self, index: int, rank: int, what: str) -> Shape:
+        if len(self.shapes[index]) != rank:
+            self.fail(index, f"{rank} dimensions ({what})")
+        return self.shapes[index]
+
+    def vector(self, index: int, length: int, what: str) -> None:
+        if self.shapes[index] != (length,):
+            self.fail(index, f"({length},) ({what})")
+
+
+def _embed(c: _Check, eps: float) -> Shape:
+    if len(c.shapes) < 4 or len(c.shapes) % 2:
+        raise ValueError(f"node {c.node.output!r} (EMBED): expected (ln_w, ln_b) and (table, ids) pairs; "
+                         f"got {len(c.shapes)} operands")
+    hidden = c.rank(2, 2, "[vocabulary, hidden]")[1]
+    ids = c.shapes[3]
+    for i in range(2, len(c.shapes), 2):
+        if len(c.shapes[i]) != 2 or c.shapes[i][1] != hidden:
+            c.fail(i, f"(rows, {hidden}) (a table as wide as operand 2)")
+        if c.shapes[i + 1] != ids:
+            c.fail(i + 1, f"{ids} (the shape of operand 3, the first ids)")
+    c.vector(0, hidden, "LayerNorm weight, the tables' width")
+    c.vector(1, hidden, "LayerNorm bias, the tables' width")
+    return ids + (hidden,)
+
+
+def _mask_bias(c: _Check) -> Shape:
+    return c.rank(0, 2, "[batch, seq]")
+
+
+def _linear(c: _Check, activation: str) -> Shape:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"node {c.node.output!r} (LINEAR): activation {activation!r} is not one of {ACTIVATIONS}")
+    x = c.shapes[0]
+    if not x:
+        c.fail(0, "at least 1 dimension ([..., K])")
+    n, k = c.rank(1, 2, "[N, K] as Hugging Face stores it")
+    if k != x[-1]:
+        c.fail(1, f"({n}, {x[-1]}): its K must equal the last dimension of operand 0 {c.node.inputs[0]!r}")
+    c.vector(2, n, "one bias per output row of the weight")
+    return x[:-1] + (n,)
+
+
+def _qkv(c: _Check, index: int, heads: int) -> tuple[int, int, int]:
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"node {c.node.output!r} ({c.node.op.name}): heads must be a positive integer; got {heads!r}")
+    batch, seq, width = c.rank(index, 3, "[batch, seq, 3 * hidden]")
+    if width % (3 * heads):
+        c.fail(index, f"a last dimension divisible by 3 * heads = {3 * heads} (q, k and v for {heads} heads)")
+    return batch, seq, width // 3
+
+
+def _bias_for(c: _Check, index: int, batch: int, seq: int) -> None:
+    if c.shapes[index] != (batch, seq):
+        c.fail(index, f"({batch}, {seq}) (the additive mask of the qkv's batch and seq)")
+
+
+def _attention(c: _Check, heads: int) -> Shape:
+    batch, seq, hidden = _qkv(c, 0, heads)
+    _bias_for(c, 1, batch, seq)
+    return batch, seq, hidden
+
+
+def _attn_probs(c: _Check, heads: int) -> Shape:
+    batch, seq, _ = _qkv(c, 0, heads)
+    _bias_for(c, 1, batch, seq)
+    return batch, heads, seq, seq
+
+
+def _attn_apply(c: _Check, heads: int) -> Shape:
+    batch, seq, hidden = _qkv(c, 1, heads)
+    if c.shapes[0] != (batch, heads, seq, seq):
+        c.fail(0, f"{(batch, heads, seq, seq)} (probabilities [batch, heads, seq, seq] of the qkv)")
+    return batch, seq, hidden
+
+
+def _layernorm(c: _Check, eps: float) -> Shape:
+    x = c.shapes[0]
+    if not x:
+        c.fail(0, "at least 1 dimension")
+    c.vector(1, x[-1], "LayerNorm weight, the last dimension of operand 0")
+    c.vector(2, x[-1], "LayerNorm bias, the last dimension of operand 0")
+    return x
+
+
+def _add_ln(c: _Check, eps: float) -> Shape:
+    x = c.shapes[0]
+    if c.shapes[1] != x:
+        c.fail(1, f"{x} (the shape of operand 0: a residual adds element by element)")
+    if not x:
+        c.fail(0, "at least 1 dimension")
+    c.vector(2, x[-1], "LayerNorm weight, the last dimension of operand 0")
+    c.vector(3, x[-1], "LayerNorm bias, the last dimension of operand 0")
+    return x
+
+
+def _first_token(c: _Check) -> Shape:
+    batch, _, hidden = c.rank(0, 3, "[batch, seq, hidden]")
+    return batch, hidden
+
+
+def _concat(c: _Check, axis: int) -> Shape:
+    first = c.shapes[0]
+    if not 0 <= axis < len(first):
+        c.fail(0, f"a dimension {axis} to concatenate along")
+    for i, s in enumerate(c.shapes):
+        if len(s) != len(first) or s[:axis] + s[axis + 1:] != first[:axis] + first[axis + 1:]:
+            c.fail(i, f"{first} in every dimension but {axis} (the shape of operand 0)")
+    return first[:axis] + (sum(s[axis] for s in c.shapes),) + first[axis + 1:]
+
+
+# op -> its shape rule: the operands' shapes (and the node's attrs, as keywords) -> the
+# output's shape. Each rule checks what its op reads and raises a ValueError naming the
+# node and the operand that disagrees.
+SHAPE_RULES: dict[Op, Callable[..., Shape]] = {
+    Op.EMBED: _embed,
+    Op.MASK_BIAS: _mask_bias,
+    Op.LINEAR: _linear,
+    Op.ATTENTION: _attention,
+    Op.ATTN_PROBS: _attn_probs,
+    Op.ATTN_APPLY: _attn_apply,
+    Op.ADD_LN: _add_ln,
+    Op.LAYERNORM: _layernorm,
+    Op.FIRST_TOKEN: _first_token,
+    Op.CONCAT: _concat,
+}
+
+# The attrs each op takes: its rule's keyword parameters.
+_RULE_ATTRS = {op: rule.__code__.co_varnames[1:rule.__code__.co_argcount] for op, rule in SHAPE_RULES.items()}
+
+
+def infer_shapes(graph: Graph, param_shapes: Mapping[str, Shape],
+                 input_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
+    """The shape of every value of ``graph``: its inputs, its parameters and each node's output.
+
+    ``param_shapes`` holds each parameter's shape (a CONCAT's result may be given, when the
+    backend has folded it, or left to its rule), ``input_shapes`` each runtime input's
+    (``input_ids`` ... ``(batch, seq)``; a head's hidden state ``(batch, seq, hidden)``).
+    Raises ValueError, naming the node and the operand, at the first disagreement.
+    """
+    shapes: dict[str, Shape] = {}
+    for name in graph.inputs:
+        if name not in input_shapes:
+            raise ValueError(f"graph input {name!r} has no shape (got shapes for {sorted(input_shapes)})")
+        shapes[name] = tuple(input_shapes[name])
+    shapes.update((name, tuple(s)) for name, s in param_shapes.items())
+    for n in graph.nodes:
+        missing = [name for name in n.inputs if name not in shapes]
+        if missing:
+            raise ValueError(f"node {n.output!r} ({n.op.name}) reads {missing[0]!r}, which is neither a graph "
+                             f"input, a parameter with a shape, nor the output of an earlier node")
+        attrs = n.kwargs
+        if set(attrs) != set(_RULE_ATTRS[n.op]):
+            raise ValueError(f"node {n.output!r} ({n.op.name}) has attrs {sorted(attrs)}; "
+                             f"the op takes {sorted(_RULE_ATTRS[n.op])}")
+        shapes[n.output] = SHAPE_RULES[n.op](_Check(n, shapes), **attrs)
+    return shapes
+
+
+# -- lifetimes ---------------------------------------------------------------------------
+
+
+def free_after(graph: Graph) -> tuple[tuple[str, ...], ...]:
+    """For each node, the node outputs that are dead once it has run.
+
+    A value dies after its last reader; one nobody reads dies right after it is made. Graph
+    outputs never die (the caller reads them after the last node); runtime inputs and
+    parameters are not node outputs, so they are never listed.
+    """
+    last_reader: dict[str, int] = {}
+    for i, n in enumerate(graph.nodes):
+        for name in n.inputs:
+            last_reader[name] = i
+    keep = set(graph.outputs.values())
+    dead: list[list[str]] = [[] for _ in graph.nodes]
+    for i, n in enumerate(graph.nodes):
+        if n.output not in keep:
+            dead[last_reader.get(n.output, i)].append(n.output)
+    return tuple(tuple(names) for names in dead)

@@ -5,7 +5,8 @@
 // `attn_probs` / `attn_apply` materialise them, for output_attentions only.
 // The prelude defines HD (head dim), NH (heads), KT (keys per tile) and SCALE = 1/sqrt(HD).
 
-struct Params { S: u32, qkv_base: u32, bias_base: u32, out_base: u32, probs_base: u32 }
+// B is the sequences of one dispatch, one per workgroup along z: it sizes the grid.
+struct Params { S: u32, qkv_base: u32, bias_base: u32, out_base: u32, probs_base: u32, B: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<st>;

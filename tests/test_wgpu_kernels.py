@@ -6,14 +6,18 @@ data enters a graph) and runs through both the wgpu backend and the numpy refere
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 from conftest import assert_close
 
 from cbert.backends import numpy as numpy_backend
-from cbert.backends.wgpu import WgpuBackend
-from cbert.backends.wgpu.device import Gpu
-from cbert.backends.wgpu.kernels import GEMM_TMS, Lowering
+from cbert.backends.wgpu import WgpuBackend, lowering
+from cbert.backends.wgpu.device import Gpu, shader_dir
+from cbert.backends.wgpu.kernels import ATTN, GEMM, GEMM_TMS, PARAMS_BYTES, ROWS
+from cbert.backends.wgpu.lowering import gemm_rows
 from cbert.ir import ACTIVATIONS, Graph, Op, node
 
 VOCAB, MAXPOS = 11, 140
@@ -65,7 +69,7 @@ def test_linear_sizes(k, n):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_linear_every_row_tile(monkeypatch, tm, dtype):
     """Each row-tile variant of gemm.wgsl, whatever the plan would pick, on ragged M, N and K."""
-    monkeypatch.setattr(Lowering, "gemm_rows", staticmethod(lambda M, N: tm))
+    monkeypatch.setattr(lowering, "gemm_rows", lambda M, N: tm)
     nodes, shapes = _embed(130)
     nodes.append(node(Op.LINEAR, ["x", "w", "b"], "y", activation="gelu"))
     shapes |= {"w": (197, 130), "b": (197,)}
@@ -80,11 +84,11 @@ def test_linear_every_row_tile(monkeypatch, tm, dtype):
 
 def test_gemm_row_tile_choice():
     # 32 tokens: a 64-row tile would idle half its rows.
-    assert Lowering.gemm_rows(32, 2304) == 32
+    assert gemm_rows(32, 2304) == 32
     # 256 tokens, BERT-base widths: no padding and a wide enough grid -> 64 rows.
-    assert Lowering.gemm_rows(256, 768) == Lowering.gemm_rows(256, 3072) == 64
+    assert gemm_rows(256, 768) == gemm_rows(256, 3072) == 64
     # A narrow product: too few 64-row workgroups to occupy a GPU.
-    assert Lowering.gemm_rows(128, 64) == 32
+    assert gemm_rows(128, 64) == 32
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -171,3 +175,23 @@ def test_split_beyond_binding_limit(monkeypatch):
     assert backend.stats()["dispatches"] > unsplit
     for key in want:
         assert_close(got[key], want[key], f"{key} split")
+
+
+@pytest.mark.parametrize("shader", [ROWS, GEMM, ATTN], ids=lambda s: s.file)
+def test_params_and_bindings_are_those_of_the_wgsl(shader):
+    """Each Params dataclass is its file's struct Params, field for field; bindings as the file declares them."""
+    text = (shader_dir() / shader.file).read_text()
+    struct = re.search(r"struct Params \{([^}]*)\}", text).group(1)
+    assert [f.split(":")[0].strip() for f in struct.split(",")] == [f.name for f in dataclasses.fields(shader.params)]
+    assert len(dataclasses.fields(shader.params)) * 4 <= PARAMS_BYTES
+    declared = {name: (int(b), "write" if access == "read_write" else "read")
+                for b, access, name in re.findall(r"@binding\((\d+)\) var<storage, (\w+)> (\w+)", text)}
+    assert declared == dict(shader.bindings)
+
+
+def test_every_op_has_one_table_entry_naming_a_kernel_of_its_file():
+    assert set(lowering.TABLE) == set(Op) - {Op.CONCAT}  # CONCAT is folded at load
+    for op, entry in lowering.TABLE.items():
+        text = (shader_dir() / entry.shader.file).read_text()
+        assert re.search(rf"@compute @workgroup_size\([^)]*\)\s*fn {entry.entry}\(", text), op
+        assert set(entry.operands) | {entry.result} <= set(entry.shader.bindings), op

@@ -17,7 +17,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..families import architectures, build_graph, family_of
 from ..heads import Heads
-from ..ir import Graph
+from ..ir import Graph, infer_shapes
 from .safetensors import SafetensorsFile
 
 # Buffers, not parameters.
@@ -173,5 +173,10 @@ def load_checkpoint(path: str | Path, copy: bool = False) -> Checkpoint:
         if not np.isfinite(a).all():
             raise CheckpointError(f"{weights_file}: tensor {canon[name]!r} holds NaN or infinite values")
         params[name] = a
+    try:  # the graph's own shape rules over the checked tensors: a family whose graph reads a
+        # tensor in a shape the next op cannot take fails here, naming the node, not mid-forward
+        infer_shapes(graph, want, {name: (1, 1) for name in graph.inputs})
+    except ValueError as e:
+        raise CheckpointError(f"{weights_file}: {e}") from None
     n_params = sum(int(np.prod(s)) for s in want.values())
     return Checkpoint(folder, cfg, weights_file, params, heads, loaded, arch, n_params, graph, st)

@@ -1,35 +1,54 @@
-"""The numpy executor: the reference backend runs the op list through the lowering table."""
+"""The numpy executor: the reference backend runs the op list through the lowering table.
+
+Thread safety: a compiled graph holds only read-only parameters and a cache of the input
+shapes already checked; every forward works in its own dict, so any number of threads may
+call one executable at once.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Graph, fold_constants
+from ...ir import Graph, fold_constants, free_after, infer_shapes
 from .lowering import TABLE, concat
 
+# Input shapes remembered as checked; past this many distinct ones the memory starts over.
+_CHECKED_SHAPES = 4096
 
-def run_graph(graph: Graph, env: dict, table=TABLE) -> dict[str, np.ndarray]:
-    """Execute ``graph`` over ``env`` (params + inputs); values die after their last use."""
-    env = dict(env)  # our own copy: dropping a name here frees activations, never a param
-    last_use: dict[str, int] = {}
-    for idx, n in enumerate(graph.nodes):
-        for name in n.inputs:
-            last_use[name] = idx
-    keep = set(graph.outputs.values())
-    for idx, n in enumerate(graph.nodes):
+
+def run_graph(graph: Graph, env: dict, table=TABLE, dead=None) -> dict[str, np.ndarray]:
+    """Execute ``graph`` over ``env`` (params + inputs); values die after their last use.
+
+    ``dead`` is :func:`cbert.ir.free_after` of the graph, when the caller has it already.
+    """
+    env = dict(env)  # our own copy: dropping a name here frees an activation, never the caller's
+    for n, dying in zip(graph.nodes, dead if dead is not None else free_after(graph)):
         env[n.output] = table[n.op](*(env[i] for i in n.inputs), **n.kwargs)
-        for name in n.inputs:
-            if last_use[name] == idx and name not in keep:
-                del env[name]
+        for name in dying:
+            del env[name]
     return {k: env[v] for k, v in graph.outputs.items()}
 
 
 class NumpyExecutable:
     def __init__(self, graph: Graph, params: dict[str, np.ndarray]):
         self.graph, self.params = fold_constants(graph, params, concat)
+        self.param_shapes = {name: np.shape(self.params[name]) for name in self.graph.params}
+        self.dead = free_after(self.graph)
+        self.checked: set[tuple] = set()
+
+    def check(self, inputs: dict[str, np.ndarray]) -> None:
+        """Every node's operand shapes, once per distinct set of input shapes (the parameters with them)."""
+        key = tuple(np.shape(inputs[name]) for name in self.graph.inputs)
+        if key in self.checked:
+            return
+        infer_shapes(self.graph, self.param_shapes, dict(zip(self.graph.inputs, key)))
+        if len(self.checked) >= _CHECKED_SHAPES:
+            self.checked = set()
+        self.checked.add(key)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return run_graph(self.graph, {**self.params, **inputs})
+        self.check(inputs)
+        return run_graph(self.graph, {**self.params, **inputs}, dead=self.dead)
 
 
 class NumpyBackend:

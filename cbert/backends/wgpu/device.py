@@ -1,15 +1,22 @@
 """The adapter, the device and what is created on it once: shader modules and pipelines.
 
-One device per process, shared by every backend instance (opening a device is slow, and
-pipelines compiled for one model serve the next). Every buffer and pipeline is created
-through :class:`Gpu`, which counts them, so a forward can prove it created none.
+:func:`open_gpu` opens a device on the best adapter. :data:`SHARED` holds the one that
+backends share unless they are given their own (``WgpuBackend(gpu=open_gpu())``): opening
+a device is slow, and pipelines compiled for one model serve the next. Every buffer,
+pipeline and bind group is created through :class:`Gpu`, which counts them (so a forward
+can prove it created none) and guards its caches and counters with a lock, so any thread
+may compile or run.
+
+On a headless Linux machine without ``XDG_RUNTIME_DIR`` (containers, CI), the Wayland
+client library that Mesa's Vulkan drivers load prints "error: XDG_RUNTIME_DIR is invalid
+or not set in the environment." while adapters are enumerated. It is harmless; cbert
+leaves the environment alone, and the application may set ``XDG_RUNTIME_DIR`` to silence it.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import os
-import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +31,6 @@ from ..numpy.lowering import ERF_ALPHA, ERF_BETA, ERF_CLAMP
 _BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 0, "OpenGL": 2, "OpenGLES": 2}
 _TYPE_RANK = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "CPU": 3}
 _SOFTWARE = ("llvmpipe", "lavapipe", "swiftshader", "softpipe", "warp")
-
-_GPU: Gpu | None = None
-_warned_cpu = False
 
 
 def shader_dir():
@@ -48,8 +52,6 @@ def _adapter_info(adapter) -> dict:
 
 
 def _pick_adapter():
-    # XDG_RUNTIME_DIR unset makes the Vulkan loader print a harmless but alarming warning.
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="cbert-xdg-"))
     adapters = wgpu.gpu.enumerate_adapters_sync()
     if not adapters:
         raise BackendUnavailable("backend='wgpu': no WebGPU adapter found (install a Vulkan, Metal or DX12 driver)")
@@ -61,16 +63,10 @@ def _pick_adapter():
     return min(adapters, key=rank)
 
 
-def warn_if_software(info: dict) -> None:
-    global _warned_cpu
-    if info["software"] and not _warned_cpu:
-        _warned_cpu = True
-        warnings.warn(f"backend='wgpu' is running on a CPU (software) adapter: {info['adapter']} "
-                      f"({info['backend']}); expect it to be slower than backend='numpy'", RuntimeWarning, stacklevel=3)
-
-
 @dataclass
 class Gpu:
+    """One device and what was made on it: counters, shader modules and pipelines (cached)."""
+
     adapter: object
     device: object
     info: dict
@@ -78,8 +74,21 @@ class Gpu:
     buffers_created: int = 0
     pipelines_created: int = 0
     bind_groups_created: int = 0
+    warned_software: bool = False
     _modules: dict = field(default_factory=dict)
     _pipelines: dict = field(default_factory=dict)
+    # Guards the caches and counters: models compile and run from any thread.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def warn_if_software(self, info: dict | None = None) -> None:
+        """Once per device: a software adapter is slower than the numpy reference."""
+        info = self.info if info is None else info
+        with self._lock:
+            if not info["software"] or self.warned_software:
+                return
+            self.warned_software = True
+        warnings.warn(f"backend='wgpu' is running on a CPU (software) adapter: {info['adapter']} "
+                      f"({info['backend']}); expect it to be slower than backend='numpy'", RuntimeWarning, stacklevel=3)
 
     @property
     def max_binding(self) -> int:
@@ -97,7 +106,8 @@ class Gpu:
         if size > self.limits["max-buffer-size"]:
             raise ValueError(f"backend='wgpu': {label} needs a {size}-byte buffer, more than this adapter's "
                              f"maxBufferSize ({self.limits['max-buffer-size']}); use a smaller batch or seq")
-        self.buffers_created += 1
+        with self._lock:
+            self.buffers_created += 1
         return self.device.create_buffer(size=max(16, -(-size // 16) * 16), usage=usage, label=label)
 
     def upload(self, array: np.ndarray, label: str):
@@ -108,15 +118,17 @@ class Gpu:
         return buf
 
     def bind_group(self, layout, entries):
-        self.bind_groups_created += 1
+        with self._lock:
+            self.bind_groups_created += 1
         return self.device.create_bind_group(layout=layout, entries=entries)
 
     def pipeline(self, file: str, entry: str, dtype: str, consts: tuple, overrides: tuple, bindings: tuple):
         """The compute pipeline for (file, entry, storage dtype, const and override values), cached."""
         key = (file, entry, dtype, consts, overrides)
-        if key not in self._pipelines:
-            self._pipelines[key] = self._create_pipeline(file, entry, dtype, consts, overrides, bindings)
-        return self._pipelines[key]
+        with self._lock:
+            if key not in self._pipelines:
+                self._pipelines[key] = self._create_pipeline(file, entry, dtype, consts, overrides, bindings)
+            return self._pipelines[key]
 
     def _module(self, file: str, dtype: str, consts: tuple):
         key = (file, dtype, consts)
@@ -157,16 +169,35 @@ def _prelude(dtype: str, consts: tuple) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gpu() -> Gpu:
-    """The process-wide device on the best adapter, opened on first use with the adapter's own limits."""
-    global _GPU
-    if _GPU is None:
-        adapter = _pick_adapter()
-        info = _adapter_info(adapter)
-        wanted = ("max-storage-buffer-binding-size", "max-buffer-size", "max-compute-workgroup-storage-size",
-                  "max-compute-invocations-per-workgroup")
-        features = ["shader-f16"] if info["f16"] else []
-        device = adapter.request_device_sync(required_features=features,
-                                             required_limits={k: adapter.limits[k] for k in wanted})
-        _GPU = Gpu(adapter, device, info, dict(device.limits))
-    return _GPU
+def open_gpu() -> Gpu:
+    """A new device on the best adapter, with the adapter's own limits."""
+    adapter = _pick_adapter()
+    info = _adapter_info(adapter)
+    wanted = ("max-storage-buffer-binding-size", "max-buffer-size", "max-compute-workgroup-storage-size",
+              "max-compute-invocations-per-workgroup")
+    features = ["shader-f16"] if info["f16"] else []
+    device = adapter.request_device_sync(required_features=features,
+                                         required_limits={k: adapter.limits[k] for k in wanted})
+    return Gpu(adapter, device, info, dict(device.limits))
+
+
+class SharedDevice:
+    """The device that every backend not given one shares, opened on first use.
+
+    Two threads asking first get the same device (creation is under a lock); a process that
+    never runs wgpu never opens one.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._gpu: Gpu | None = None
+
+    def get(self) -> Gpu:
+        if self._gpu is None:
+            with self._lock:
+                if self._gpu is None:
+                    self._gpu = open_gpu()
+        return self._gpu
+
+
+SHARED = SharedDevice()

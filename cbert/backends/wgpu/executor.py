@@ -7,10 +7,15 @@ buffer and a persistent MAP_READ buffer, all created once. Per exact (batch, seq
 dispatch list with its bind groups and uniform bytes, built once. A forward then writes
 the inputs (and the uniforms when the shape changed), records one compute pass and the
 copies of the requested outputs, submits once and maps the read-back buffer.
+
+Those buffers are shared by every forward of a shape class, so one lock per executable
+spans the planning and everything from the first write to the end of the read-back;
+packing the inputs and converting the outputs run outside it (see :class:`WgpuBackend`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from math import prod
@@ -19,10 +24,9 @@ import numpy as np
 import wgpu
 
 from ...ir import Graph, fold_constants
-from .kernels import Lowering
-from .planner import assign_slots, infer_shapes, nbytes_of, value_itemsize
-
-_PARAMS_BYTES = 64  # every kernel's Params struct fits 16 u32
+from .kernels import PARAMS_BYTES
+from .lowering import Lowering
+from .planner import assign_slots, nbytes_of, token_shapes
 
 
 class Concat:
@@ -74,12 +78,13 @@ class WgpuExecutable:
         limits = self.gpu.limits
         self.lowering = Lowering(self.graph, self.param_shapes, self.itemsize, self.gpu.max_binding,
                                  self.gpu.storage_align, int(limits["max-compute-workgroup-storage-size"]))
-        self.itemsizes = value_itemsize(self.graph, self.itemsize)
+        self.itemsizes = self.lowering.value_itemsizes
         self.arenas: dict[tuple, Arena] = {}
         self.plans: dict[tuple, Plan] = {}
-        self._ustride = -(-_PARAMS_BYTES // self.gpu.uniform_align) * self.gpu.uniform_align
+        self.lock = threading.Lock()  # held by one forward at a time: its arena's buffers are shared
+        self._ustride = -(-PARAMS_BYTES // self.gpu.uniform_align) * self.gpu.uniform_align
         # Warm-up: every pipeline a forward of any shape can pick (each GEMM in each row tile).
-        for k in self.lowering.warm_kernels():
+        for k in self.lowering.warm_kernels(token_shapes(self.graph, self.param_shapes, 1, 1)):
             self._pipeline(k)
         # Drivers may finish compiling at first use (lavapipe JITs then): one 1x1 forward pays it at load.
         ones = np.ones((1, 1), np.int64)
@@ -94,13 +99,13 @@ class WgpuExecutable:
         key = (_pow2(batch), _pow2(seq))
         if key not in self.arenas:
             B, S = key
-            shapes = infer_shapes(self.graph, self.param_shapes, B, S)
+            shapes = token_shapes(self.graph, self.param_shapes, B, S)
             nbytes = nbytes_of(shapes, self.itemsizes)
             slot_of, sizes = assign_slots(self.graph, nbytes)
             use = wgpu.BufferUsage
             slots = [self.gpu.buffer(size, use.STORAGE | use.COPY_SRC, f"activation slot {i}")
                      for i, size in enumerate(sizes)]
-            n_dispatch = len(self.lowering.lower(shapes, B, S))
+            n_dispatch = len(self.lowering.lower(shapes))
             arena = Arena(
                 slots=slots, slot_of=slot_of,
                 inputs=self.gpu.buffer(len(self.graph.inputs) * B * S * 4, use.STORAGE | use.COPY_DST, "inputs"),
@@ -121,19 +126,19 @@ class WgpuExecutable:
         if (batch, seq) in self.plans:
             return self.plans[(batch, seq)]
         _, arena = self._arena(batch, seq)
-        shapes = infer_shapes(self.graph, self.param_shapes, batch, seq)
+        shapes = token_shapes(self.graph, self.param_shapes, batch, seq)
         buffers = {"value": lambda n: arena.slots[arena.slot_of[n]], "param": self.params.__getitem__,
                    "inputs": lambda _: arena.inputs}
         dispatches, uniforms = [], bytearray()
-        for i, d in enumerate(self.lowering.lower(shapes, batch, seq)):
+        for i, d in enumerate(self.lowering.lower(shapes)):
             pipeline, layout = self._pipeline(d.kernel)
             entries = [{"binding": 0, "resource": {"buffer": arena.uniforms, "offset": i * self._ustride,
-                                                   "size": _PARAMS_BYTES}}]
+                                                   "size": PARAMS_BYTES}}]
             for binding, ((kind, name), offset, size) in sorted(d.views.items()):
                 entries.append({"binding": binding, "resource": {"buffer": buffers[kind](name), "offset": offset,
                                                                  "size": size}})
             dispatches.append((pipeline, self.gpu.bind_group(layout, entries), d.grid))
-            uniforms += np.array(d.params, np.uint32).tobytes().ljust(self._ustride, b"\0")
+            uniforms += d.uniforms().ljust(self._ustride, b"\0")
         offsets, total = self._read_layout(shapes)
         copies = [(arena.slots[arena.slot_of[v]], off, -(-prod(shapes[v]) * self.itemsizes[v] // 4) * 4)
                   for v, off in offsets.items()]
@@ -146,18 +151,41 @@ class WgpuExecutable:
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         gpu, t0 = self.gpu, time.perf_counter()
-        before = (gpu.buffers_created, gpu.pipelines_created, gpu.bind_groups_created)
         batch, seq = np.shape(inputs["input_ids"])
-        plan = self._plan(batch, seq)
-        arena, queue = plan.arena, gpu.device.queue
+        packed = np.stack([np.broadcast_to(inputs[n], (batch, seq)) for n in self.graph.inputs]).astype(np.int32)
+        with self.lock:
+            before = (gpu.buffers_created, gpu.pipelines_created, gpu.bind_groups_created)
+            plan = self._plan(batch, seq)
+            raw, uploaded = self._run(plan, batch, seq, packed)
+            created = (gpu.buffers_created - before[0], gpu.pipelines_created - before[1],
+                       gpu.bind_groups_created - before[2])
+        result = {}
+        for name, (offset, shape, itemsize) in plan.outputs.items():
+            dtype = np.float32 if itemsize == 4 else self.np_dtype
+            a = np.frombuffer(raw, dtype, prod(shape), offset).reshape(shape)
+            result[name] = a.astype(np.float32)  # a copy: the caller owns it, writable
+        self.backend.record({
+            "submits": 1, "dispatches": len(plan.dispatches), "command_encoders": 1, "compute_passes": 1,
+            "buffers_created": created[0], "pipelines_created": created[1], "bind_groups_created": created[2],
+            "bytes_read_back": sum(size for _, _, size in plan.copies), "bytes_uploaded": uploaded,
+            "batch": batch, "seq": seq, "shape_class": (_pow2(batch), _pow2(seq)), "dtype": self.backend.dtype,
+            "wall_ms": (time.perf_counter() - t0) * 1e3,
+        })
+        return result
+
+    def _run(self, plan: Plan, batch: int, seq: int, packed: np.ndarray) -> tuple[bytes, int]:
+        """Write, submit once, read back: the bytes of the requested outputs and the bytes uploaded.
+
+        The caller holds the lock: the arena's buffers serve every forward of the shape class.
+        """
+        arena, device = plan.arena, self.gpu.device
         uploaded = 0
         if arena.uniforms_for != (batch, seq):  # another shape of the class ran last
-            queue.write_buffer(arena.uniforms, 0, plan.uniforms)
+            device.queue.write_buffer(arena.uniforms, 0, plan.uniforms)
             arena.uniforms_for, uploaded = (batch, seq), len(plan.uniforms)
-        packed = np.stack([np.broadcast_to(inputs[n], (batch, seq)) for n in self.graph.inputs]).astype(np.int32)
-        queue.write_buffer(arena.inputs, 0, packed)
+        device.queue.write_buffer(arena.inputs, 0, packed)
         uploaded += packed.nbytes
-        encoder = gpu.device.create_command_encoder()
+        encoder = device.create_command_encoder()
         cpass = encoder.begin_compute_pass()
         for pipeline, bind_group, grid in plan.dispatches:
             cpass.set_pipeline(pipeline)
@@ -166,24 +194,9 @@ class WgpuExecutable:
         cpass.end()
         for source, offset, size in plan.copies:
             encoder.copy_buffer_to_buffer(source, 0, arena.readback, offset, size)
-        queue.submit([encoder.finish()])
+        device.queue.submit([encoder.finish()])
         arena.readback.map_sync(wgpu.MapMode.READ, 0, plan.read_bytes)
         try:
-            raw = arena.readback.read_mapped(0, plan.read_bytes, copy=True)
+            return arena.readback.read_mapped(0, plan.read_bytes, copy=True), uploaded
         finally:
             arena.readback.unmap()
-        result = {}
-        for name, (offset, shape, itemsize) in plan.outputs.items():
-            dtype = np.float32 if itemsize == 4 else self.np_dtype
-            a = np.frombuffer(raw, dtype, prod(shape), offset).reshape(shape)
-            result[name] = a.astype(np.float32)  # a copy: the caller owns it, writable
-        read = sum(size for _, _, size in plan.copies)
-        self.backend.record({
-            "submits": 1, "dispatches": len(plan.dispatches), "command_encoders": 1, "compute_passes": 1,
-            "buffers_created": gpu.buffers_created - before[0], "pipelines_created": gpu.pipelines_created - before[1],
-            "bind_groups_created": gpu.bind_groups_created - before[2], "bytes_read_back": read,
-            "bytes_uploaded": uploaded,
-            "batch": batch, "seq": seq, "shape_class": (_pow2(batch), _pow2(seq)), "dtype": self.backend.dtype,
-            "wall_ms": (time.perf_counter() - t0) * 1e3,
-        })
-        return result
