@@ -87,10 +87,10 @@ def cmd_tune(args) -> int:
     from ..backends.mlx import tuning
     from ..backends.mlx.plan import ROW_RANGES, gemm_shapes
     from ..checkpoint import load_checkpoint
-    from ..graph import build
+    from ..families import build_graph
 
     ckpt = load_checkpoint(args.model or default_model_path())
-    graph = build(ckpt.config, ckpt.heads)
+    graph = build_graph(ckpt.config, ckpt.heads)
     shapes = gemm_shapes(graph, graph.param_shapes)
     print(f"{ckpt.path}: GEMMs (K->N x count) " + ", ".join(f"{k}->{n} x{c}" for (k, n), c in sorted(shapes.items())))
     plan, path = tuning.tune_gemms(shapes, progress=lambda line: print(line, file=sys.stderr))
