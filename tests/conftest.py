@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +10,9 @@ import warnings
 
 import numpy as np
 import pytest
+
+from cbert.backends import backend_dtypes
+from cbert.tools.parity import FP32_MAX_ERROR, HALF_MIN_COSINE, min_cosine, scaled_max_abs_error  # noqa: F401 (shared)
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="cbert-xdg-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,22 +33,11 @@ SHAPES = {
 }
 
 # (backend, dtype) pairs the parity suite runs: every backend cbert has, every dtype it runs.
-# Backends whose module exists are included whether or not their package is installed, so
-# a missing install is a failure, not a skip.
-BACKEND_DTYPES = [("numpy", "float32")]
-if importlib.util.find_spec("cbert.backends.mlx") is not None:
-    BACKEND_DTYPES += [("mlx", "float32"), ("mlx", "float16"), ("mlx", "bfloat16")]
-if importlib.util.find_spec("cbert.backends.wgpu") is not None:
-    BACKEND_DTYPES += [("wgpu", "float32"), ("wgpu", "float16")]
+# A backend that is not installed fails collection here: a missing install is a failure, not a skip.
+BACKEND_DTYPES = backend_dtypes()
 
-FP32_TOL = 1e-4  # scaled max abs error: max|a - b| / max(1, max|b|)
-HALF_COSINE = 0.999
-
-
-def scaled_max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
-    return float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
+FP32_TOL = FP32_MAX_ERROR  # the tolerances `cbert parity` holds a user's machine to
+HALF_COSINE = HALF_MIN_COSINE
 
 
 def assert_close(a, b, name: str, tol: float = FP32_TOL) -> None:
@@ -55,14 +46,6 @@ def assert_close(a, b, name: str, tol: float = FP32_TOL) -> None:
         a, b = np.asarray(a), np.asarray(b)
         i = np.unravel_index(np.abs(a - b).argmax(), a.shape)
         pytest.fail(f"{name}: scaled max abs error {err:.3g} > {tol:g}; worst at {i}: {a[i]} vs {b[i]}")
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Smallest cosine over the last axis (per token / per row)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    num = (a * b).sum(-1)
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return float((num / np.maximum(den, 1e-30)).min())
 
 
 def write_checkpoint(folder: str, cls_name: str, kwargs: dict, seed: int = 0, config_name: str = "BertConfig"):

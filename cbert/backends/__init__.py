@@ -55,6 +55,13 @@ def backend_class(name: str):
     return getattr(mod, cls)
 
 
+def backend_dtypes() -> list[tuple[str, str]]:
+    """Every (backend, dtype) cbert has: the one list the parity tool, the tests and the examples
+    run. A backend that is not installed raises BackendUnavailable (a missing install is an
+    error to the tests, not a skip)."""
+    return [(name, dtype) for name in BACKENDS for dtype in backend_class(name).dtypes]
+
+
 def probe(name: str) -> dict:
     """What ``cbert devices`` prints for one backend; never raises."""
     try:

@@ -42,6 +42,26 @@ class Row:
     why: str = ""
 
 
+def scaled_max_abs_error(got, ref) -> float:
+    """max|got - ref| / max(1, max|ref|): float32's metric, an absolute error for values near 1."""
+    a, b = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape {list(a.shape)} != reference {list(b.shape)}")
+    return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))
+
+
+def min_cosine(got, ref) -> float:
+    """The smallest cosine over the last axis (per token or row): half precision's metric."""
+    return _smallest_cosine(got, ref)
+
+
+def _smallest_cosine(got, ref) -> float:  # compare() has a parameter named min_cosine
+    a, b = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    den = np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
+    return float(((a * b).sum(-1) / den).min())
+
+
 def compare(output: str, got: np.ndarray, ref: np.ndarray, mask: np.ndarray | None, half: bool,
             max_error: float = FP32_MAX_ERROR, min_cosine: float = HALF_MIN_COSINE) -> dict:
     """The metrics of one output; per-token outputs are compared on real (unpadded) tokens."""
@@ -53,10 +73,9 @@ def compare(output: str, got: np.ndarray, ref: np.ndarray, mask: np.ndarray | No
         keep = mask.astype(bool)
         a, b = a[keep], b[keep]
     a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-    den = np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
-    cosine = float(((a * b).sum(-1) / den).min())
+    cosine = _smallest_cosine(a, b)
     max_abs = float(np.abs(a - b).max())
-    scaled = max_abs / max(1.0, float(np.abs(b).max()))
+    scaled = scaled_max_abs_error(a, b)
     top1, why = None, []
     if output in LOGITS and b.shape[-1] > 1:
         ga, gb = a.argmax(-1), b.argmax(-1)
