@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, warn
 
 # A vocabulary with at least this many tokens that contain capitals was trained cased
 # (bert-base-cased's has ~11k such tokens; bert-base-uncased's has none).
@@ -93,7 +92,7 @@ class Tokenizer:
                 lowercase = not cased
                 said = (f"no tokenizer_config.json; {vocab.name} has {capitals} tokens with capitals, "
                         f"so it is treated as {'cased' if cased else 'uncased'}")
-                warnings.warn(f"{folder}: {said}", stacklevel=3)
+                warn(f"{folder}: {said}")
             tok = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)._tokenizer
             return cls(tok, max_length, ("uncased" if lowercase else "cased") + f" ({said})", pad_id)
         merges = folder / "merges.txt"

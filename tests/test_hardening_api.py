@@ -248,3 +248,31 @@ def test_an_unreadable_modules_json_fails_only_the_embeddings_that_need_it(check
     code, out, err = _cli(capsys, "info", str(folder))
     assert code == 0, err
     assert "embedding      unknown: " in out and "modules.json: not valid JSON" in out
+
+
+def test_auto_backend_honours_the_dtype(checkpoints):
+    """Regression: `--dtype float16` with the default `--backend auto` failed ("backend='numpy' does
+    not run dtype='float16'") instead of choosing a backend that runs float16."""
+    folder, _ = checkpoints("odd13")
+    for dtype in ("float16", "bfloat16"):
+        model = cbert.load(folder, backend="auto", dtype=dtype)
+        assert dtype in type(model.backend).dtypes and model.backend.dtype == dtype
+        assert model.forward([[2, 7, 9, 3]]).last_hidden_state.shape == (1, 4, 52)
+    assert cbert.load(folder, backend="auto").backend.dtype == "float32"
+
+
+def test_warnings_point_at_the_callers_line_not_cbert_source(checkpoints, monkeypatch):
+    """Regression: the software-adapter warning printed a line of cbert's own source."""
+    import warnings
+
+    import cbert.backends.wgpu.device as device
+
+    folder, _ = checkpoints("odd13")
+    gpu = device.SHARED.get()
+    monkeypatch.setattr(gpu, "warned_software", False)
+    monkeypatch.setattr(gpu, "info", dict(gpu.info, software=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cbert.load(folder, backend="wgpu")
+    found = [w for w in caught if "software" in str(w.message)]
+    assert found and found[0].filename == __file__, [(w.filename, str(w.message)) for w in caught]

@@ -78,20 +78,38 @@ def probe(name: str) -> dict:
     return {"available": True, "accelerated": False}
 
 
-def auto_backend() -> str:
-    for name in AUTO_ORDER:
-        p = probe(name)
-        if p.get("available") and p.get("accelerated"):
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _runs(name: str, found: dict, dtype: str) -> bool:
+    """Whether an available backend runs ``dtype`` here (wgpu's float16 needs shader-f16)."""
+    if not found.get("available"):
+        return False
+    return dtype in backend_class(name).dtypes and (dtype != "float16" or found.get("f16", True))
+
+
+def auto_backend(dtype: str = "float32") -> str:
+    """The first accelerated backend that runs ``dtype``; else the numpy reference for float32, or
+    the first installed backend that runs ``dtype`` on the CPU (MLX, wgpu) for half precision."""
+    probes = {name: probe(name) for name in AUTO_ORDER}
+    for name, found in probes.items():
+        if found.get("accelerated") and _runs(name, found, dtype):
             return name
-    return "numpy"
+    if dtype in backend_class("numpy").dtypes:
+        return "numpy"
+    for name, found in probes.items():
+        if _runs(name, found, dtype):
+            return name
+    raise BackendUnavailable(f"backend='auto' dtype={dtype!r}: no installed backend runs {dtype} here "
+                             f"(MLX runs it: pip install \"cbert[mlx]\"; wgpu on an adapter with shader-f16)")
 
 
 def get_backend(name: str = "auto", dtype: str = "float32", device: str | None = None):
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype={dtype!r}; choose {', '.join(DTYPES)}")
     if name == "auto":
-        name = auto_backend()
+        name = auto_backend(dtype)
     cls = backend_class(name)
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"unknown dtype={dtype!r}; choose float32, float16 or bfloat16")
     if dtype not in cls.dtypes:
         raise ValueError(f"backend={name!r} does not run dtype={dtype!r}; it runs {', '.join(cls.dtypes)}")
     return cls(dtype=dtype, device=device)

@@ -63,6 +63,7 @@ def _describe_heads(ckpt) -> list[str]:
 
 def cmd_devices(args) -> int:
     from ..backends import BACKENDS, auto_backend, probe
+    from ..errors import BackendUnavailable
 
     for name in BACKENDS:
         p = probe(name)
@@ -75,6 +76,11 @@ def cmd_devices(args) -> int:
             _print_gemm_plans()
     _print_wgpu_adapters()
     print(f'backend="auto" picks: {auto_backend()}')
+    for dtype in ("float16", "bfloat16"):
+        try:
+            print(f'backend="auto" dtype="{dtype}" picks: {auto_backend(dtype)}')
+        except BackendUnavailable as e:
+            print(f'backend="auto" dtype="{dtype}": {e}')
     return 0
 
 

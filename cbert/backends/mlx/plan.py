@@ -24,12 +24,12 @@ import os
 import platform
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ...errors import warn
 from ...ir import Graph, Op
 from . import _blas
 
@@ -215,7 +215,7 @@ def _readable(path: Path) -> tuple[dict, GemmPlan] | None:
     try:
         return _read(path)
     except ValueError as e:
-        warnings.warn(f"{e}; ignored (run `cbert tune` to measure the plan again)", stacklevel=3)
+        warn(f"{e}; ignored (run `cbert tune` to measure the plan again)")
         return None
 
 

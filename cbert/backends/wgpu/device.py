@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import importlib.resources
 import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import wgpu
 
-from ...errors import BackendUnavailable
+from ...errors import BackendUnavailable, warn
 from ..numpy.lowering import ERF_ALPHA, ERF_BETA, ERF_CLAMP
 
 # Native backends first; GL is the fallback wgpu offers when Vulkan is missing.
@@ -87,8 +86,8 @@ class Gpu:
             if not info["software"] or self.warned_software:
                 return
             self.warned_software = True
-        warnings.warn(f"backend='wgpu' is running on a CPU (software) adapter: {info['adapter']} "
-                      f"({info['backend']}); expect it to be slower than backend='numpy'", RuntimeWarning, stacklevel=3)
+        warn(f"backend='wgpu' is running on a CPU (software) adapter: {info['adapter']} "
+             f"({info['backend']}); expect it to be slower than backend='numpy'", RuntimeWarning)
 
     @property
     def max_binding(self) -> int:
