@@ -81,3 +81,16 @@ def add_model_args(sp, required: bool) -> None:
                     help="checkpoint folder" + ("" if required else f"; default: {DEFAULT_MODEL_HELP}"))
     sp.add_argument("--backend", default="auto", choices=["auto", "numpy", "mlx", "wgpu"])
     sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+
+
+def add_window_args(sp, what: str, truncate: bool = True, aggregation: bool = True) -> None:
+    """How a ``what`` longer than the model's positions is handled: windows overlapping by
+    --stride, combined by --window-aggregation, or --truncate."""
+    if truncate:
+        sp.add_argument("--truncate", action="store_true",
+                        help=f"cut {what}s longer than the model's max positions (default: split them into windows)")
+    sp.add_argument("--stride", type=int, default=None,
+                    help=f"overlap in tokens between the windows of a long {what} (default 128, at most half a window)")
+    if aggregation:
+        sp.add_argument("--window-aggregation", choices=["mean", "max", "first"], default="mean",
+                        help=f"how a long {what}'s window vectors combine into one")

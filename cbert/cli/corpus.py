@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tasks.embed import EmbeddingDefaults
-from .common import DEFAULT_MODEL_HELP, add_model_args, default_model_path
+from .common import DEFAULT_MODEL_HELP, add_model_args, add_window_args, default_model_path
 
 
 def cmd_embed_corpus(args) -> int:
@@ -52,12 +52,7 @@ def add_corpus_parser(sub) -> None:
     c.add_argument("--batch-size", type=int, default=32, help="windows per forward")
     c.add_argument("--part-rows", type=int, default=1000,
                    help="rows per output part file: the most work a killed run can lose")
-    c.add_argument("--truncate", action="store_true",
-                   help="cut notes longer than the model's max positions (default: split them into windows)")
-    c.add_argument("--stride", type=int, default=None,
-                   help="overlap in tokens between the windows of a long note (default 128, at most half a window)")
-    c.add_argument("--window-aggregation", choices=["mean", "max", "first"], default="mean",
-                   help="how a long note's window vectors combine into one")
+    add_window_args(c, "note")
     c.add_argument("--overwrite", action="store_true",
                    help="replace OUT when it holds a different embed-corpus job (or is a file)")
     c.set_defaults(func=cmd_embed_corpus)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import DEFAULT_MODEL_HELP, add_model_args, default_model_path, load_model
+from .common import DEFAULT_MODEL_HELP, add_model_args, add_window_args, default_model_path, load_model
 
 
 def _positive(text: str) -> int:
@@ -131,10 +131,7 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalize embeddings unless a request says (default: as a sentence-transformers folder "
                         "declares, else no)")
-    s.add_argument("--stride", type=int, default=None,
-                   help="overlap in tokens between the windows of a long input (default 128, at most half a window)")
-    s.add_argument("--window-aggregation", choices=["mean", "max", "first"], default="mean",
-                   help="how a long input's window embeddings combine, as in cbert embed")
+    add_window_args(s, "input", truncate=False)  # truncation is each request's choice, as in TEI
     s.add_argument("--aggregation", choices=["mean", "max", "vote"], default="mean",
                    help="how a long input's window probabilities combine in /predict, as in cbert classify")
     s.add_argument("--no-batching", action="store_true",

@@ -12,6 +12,7 @@ from ..files import check_writable, write_atomic
 from .common import (
     DEFAULT_MODEL_HELP,
     add_model_args,
+    add_window_args,
     default_model_path,
     load_model,
     read_texts,
@@ -88,12 +89,7 @@ def add_task_parsers(sub) -> None:
     e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalize each vector (default: what a sentence-transformers folder declares, else no)")
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--truncate", action="store_true",
-                   help="cut texts longer than the model's max positions (default: split them into windows)")
-    e.add_argument("--stride", type=int, default=None,
-                   help="overlap in tokens between the windows of a long text (default 128, at most half a window)")
-    e.add_argument("--window-aggregation", choices=["mean", "max", "first"], default="mean",
-                   help="how a long text's window vectors combine into one")
+    add_window_args(e, "text")
     e.add_argument("--out", metavar="FILE", help="write the [n, hidden] float32 array to exactly this file (.npy "
                    "format) instead of stdout")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -105,7 +101,6 @@ def add_task_parsers(sub) -> None:
     f.add_argument("--top-k", type=int, default=5)
     f.set_defaults(func=cmd_fill_mask)
 
-    stride_help = "overlap in tokens between the windows of a long note (default 128, at most half a window)"
     c = sub.add_parser("classify", help="label each text (one JSON object per line)", description=(
         "Classify texts with a sequence-classification checkpoint; labels come from config.json's id2label. "
         "Each argument is a text, a file of texts (one per line) or -. Long notes are split into windows."))
@@ -114,13 +109,13 @@ def add_task_parsers(sub) -> None:
     c.add_argument("--aggregation", choices=["mean", "max", "vote"], default="mean",
                    help="how a long note's window probabilities combine (vote: Huang's readmission score)")
     c.add_argument("--all-labels", action="store_true", help="print every label's score, best first")
-    c.add_argument("--stride", type=int, default=None, help=stride_help)
+    add_window_args(c, "note", truncate=False, aggregation=False)
     c.set_defaults(func=cmd_classify)
 
     n = sub.add_parser("ner", help="entity spans with character offsets (one JSON list per text)")
     n.add_argument("texts", nargs="+")
     add_model_args(n, required=True)
-    n.add_argument("--stride", type=int, default=None, help=stride_help)
+    add_window_args(n, "note", truncate=False, aggregation=False)
     n.set_defaults(func=cmd_ner)
 
     q = sub.add_parser("qa", help="the answer span to a question in a context (JSON)")
@@ -128,5 +123,5 @@ def add_task_parsers(sub) -> None:
     q.add_argument("--question", required=True)
     q.add_argument("--context", required=True, help="the context text, or a UTF-8 file holding it")
     q.add_argument("--top-k", type=int, default=1)
-    q.add_argument("--stride", type=int, default=None, help=stride_help)
+    add_window_args(q, "note", truncate=False, aggregation=False)
     q.set_defaults(func=cmd_qa)
