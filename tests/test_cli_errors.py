@@ -119,3 +119,17 @@ def test_file_system_errors_are_one_line(model):
     r = run("embed", "--model", model, "--backend", "numpy", "--out", "/proc/v.npy", "x")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("cbert embed: error: /proc/v.npy: cannot write in /proc")
+
+
+def test_the_first_command_prints_no_vulkan_loader_noise():
+    """`cbert embed` with backend auto lists wgpu adapters; without XDG_RUNTIME_DIR Mesa's Vulkan
+    drivers printed "XDG_RUNTIME_DIR is invalid or not set" four times. The CLI sets it for itself."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    r = subprocess.run([sys.executable, "-m", "cbert.cli", "embed", "Patient denies chest pain."],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "XDG_RUNTIME_DIR" not in r.stderr, r.stderr

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     missing extra) are one line on stderr and exit 2; anything else is an internal error whose
     traceback is saved to a file named on stderr, exit 1."""
     args = build_parser().parse_args(argv)
+    _quiet_vulkan_loader()
     try:
         return args.func(args)
     except (CheckpointError, InputError, BackendUnavailable, UsageError, ValueError, FloatingPointError) as e:
@@ -75,3 +76,13 @@ def _save_traceback(command: str) -> str:
         f.write(f"cbert {__version__}, python {sys.version.split()[0]}, argv {sys.argv!r}\n\n")
         traceback.print_exc(file=f)
     return path
+
+
+def _quiet_vulkan_loader() -> None:
+    """An application-level setting, made by the command line only (the library leaves the
+    environment alone): without XDG_RUNTIME_DIR, the Wayland client library that Mesa's Vulkan
+    drivers load prints a harmless but alarming error four times while wgpu lists adapters."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        import tempfile
+
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cbert-xdg-")
