@@ -23,6 +23,21 @@ LAYERNORM    inputs (x, w, b); attrs eps.
 FIRST_TOKEN  inputs (x [B, S, H]) -> x[:, 0] [B, H].
 CONCAT       inputs (params...); attrs axis. Only ever applied to parameters, so every
              backend folds it at load (see :func:`fold_constants`).
+DROPOUT      inputs (x, dropout_seed [] int); attrs rate, salt. Training only (a graph built for
+             inference has none): x * keep / (1 - rate), keep ~ Bernoulli(1 - rate) drawn from
+             (seed, salt), so a backward pass redraws the same mask. Each backend has its own
+             generator; a seed repeats a run on one backend, not across backends.
+
+Losses (Hugging Face's definitions; each gives a scalar [] float; see :mod:`cbert.losses`):
+
+CROSS_ENTROPY inputs (logits [..., C], labels [...] int); attrs reduction (mean|sum).
+             -log softmax(logits)[label] over the labels that are not -100 (IGNORE_INDEX),
+             averaged over them ("mean"; 0 when none counts) or summed.
+MSE          inputs (prediction, target float, the same shape) -> mean squared error.
+BCE_LOGITS   inputs (logits, target float in [0, 1], the same shape) -> mean binary cross-entropy
+             of sigmoid(logits) (BCEWithLogitsLoss).
+PICK         inputs (x [..., n]); attrs index -> x[..., index]  (QA's start and end logits).
+WEIGHTED_SUM inputs (scalars...); attrs weights (one float each) -> sum w_i x_i.
 
 The same rules as code: :data:`SHAPE_RULES` (one function per op) and :func:`infer_shapes`,
 which the checkpoint loader, the numpy executor and the wgpu planner all call. The one
@@ -47,6 +62,21 @@ class Op(Enum):
     LAYERNORM = "layernorm"
     FIRST_TOKEN = "first_token"
     CONCAT = "concat"
+    DROPOUT = "dropout"
+    CROSS_ENTROPY = "cross_entropy"
+    MSE = "mse"
+    BCE_LOGITS = "bce_logits"
+    PICK = "pick"
+    WEIGHTED_SUM = "weighted_sum"
+
+
+# Ops only a training graph holds (cbert.losses adds them): a forward computes its loss on the host
+# over the logits it returned, so only the numpy reference and gradient executors lower these.
+TRAINING_OPS = frozenset({Op.DROPOUT, Op.CROSS_ENTROPY, Op.MSE, Op.BCE_LOGITS, Op.PICK, Op.WEIGHTED_SUM})
+
+# The label value CROSS_ENTROPY skips (PyTorch's and Hugging Face's ignore_index).
+IGNORE_INDEX = -100
+REDUCTIONS = ("mean", "sum")
 
 
 # Activation names a LINEAR node may carry, as Hugging Face's ``hidden_act`` spells them
@@ -284,6 +314,47 @@ def _concat(c: _Check, axis: int) -> Shape:
     return first[:axis] + (sum(s[axis] for s in c.shapes),) + first[axis + 1:]
 
 
+def _dropout(c: _Check, rate: float, salt: int) -> Shape:
+    if not (isinstance(rate, float) and 0.0 <= rate < 1.0):
+        raise ValueError(f"node {c.node.output!r} (DROPOUT): rate must be a float in [0, 1); got {rate!r}")
+    if c.shapes[1] != ():
+        c.fail(1, "() (one integer seed per step)")
+    return c.shapes[0]
+
+
+def _cross_entropy(c: _Check, reduction: str) -> Shape:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"node {c.node.output!r} (CROSS_ENTROPY): reduction {reduction!r} is not one of {REDUCTIONS}")
+    logits = c.shapes[0]
+    if not logits:
+        c.fail(0, "at least 1 dimension ([..., classes])")
+    if c.shapes[1] != logits[:-1]:
+        c.fail(1, f"{logits[:-1]} (one label per row of operand 0's logits)")
+    return ()
+
+
+def _same_shape_loss(c: _Check) -> Shape:
+    if c.shapes[1] != c.shapes[0]:
+        c.fail(1, f"{c.shapes[0]} (the shape of operand 0)")
+    return ()
+
+
+def _pick(c: _Check, index: int) -> Shape:
+    x = c.shapes[0]
+    if not x or not 0 <= index < x[-1]:
+        c.fail(0, f"a last dimension with an entry {index}")
+    return x[:-1]
+
+
+def _weighted_sum(c: _Check, weights: tuple) -> Shape:
+    if len(weights) != len(c.shapes):
+        raise ValueError(f"node {c.node.output!r} (WEIGHTED_SUM): {len(weights)} weights for {len(c.shapes)} operands")
+    for i, s in enumerate(c.shapes):
+        if s != ():
+            c.fail(i, "() (a scalar loss)")
+    return ()
+
+
 # op -> its shape rule: the operands' shapes (and the node's attrs, as keywords) -> the
 # output's shape. Each rule checks what its op reads and raises a ValueError naming the
 # node and the operand that disagrees.
@@ -298,6 +369,12 @@ SHAPE_RULES: dict[Op, Callable[..., Shape]] = {
     Op.LAYERNORM: _layernorm,
     Op.FIRST_TOKEN: _first_token,
     Op.CONCAT: _concat,
+    Op.DROPOUT: _dropout,
+    Op.CROSS_ENTROPY: _cross_entropy,
+    Op.MSE: _same_shape_loss,
+    Op.BCE_LOGITS: _same_shape_loss,
+    Op.PICK: _pick,
+    Op.WEIGHTED_SUM: _weighted_sum,
 }
 
 # The attrs each op takes: its rule's keyword parameters.

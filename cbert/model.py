@@ -13,11 +13,13 @@ import numpy as np
 
 from . import tasks
 from .backends import get_backend
+from .backends.numpy import NumpyExecutable
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import CheckpointError, InputError
 from .families import family_of
 from .heads import MLM_LOGITS, MLM_MODES, POOLER_OUTPUT, HostHeads, forward_outputs, mlm_in_graph, split_qa_logits
 from .ir import Graph, expose_attentions
+from .losses import loss_graph, prepare_labels
 from .tasks.embed import EmbeddingDefaults
 from .tokenizer import Tokenizer
 
@@ -56,6 +58,7 @@ class Model:
         self.mlm_mode = mlm_mode
         self._compiled: dict[tuple, tuple[tuple[str, ...], object]] = {}
         self._host_heads = HostHeads(ckpt)
+        self._losses: dict[tuple, NumpyExecutable] = {}  # (labels given, problem type) -> host loss nodes
         self._tokenizer: Tokenizer | None = None
         # Read once here, so model.embed, cbert embed and cbert info cannot disagree on them.
         self.embedding_defaults = EmbeddingDefaults.of_folder(ckpt.path)
@@ -141,19 +144,46 @@ class Model:
         return out
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False, labels=None,
+                next_sentence_label=None, start_positions=None, end_positions=None) -> ModelOutput:
+        """Hugging Face's outputs for the checkpoint's class; with labels, ``.loss`` (a float) as its
+        class defines it (-100 ignored; masked-LM + next-sentence for a pre-training model; a
+        classifier's cross-entropy, MSE for one label, BCE for multi-label; QA's mean of start and end)."""
         inputs = self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         heads = self.checkpoint.heads
         B, S = inputs["input_ids"].shape
+        given, problem = prepare_labels(self.config, heads, B, S, dict(
+            labels=labels, next_sentence_label=next_sentence_label, start_positions=start_positions,
+            end_positions=end_positions))
         mlm_here = mlm_in_graph(self.mlm_mode, self.backend, B, S) if heads.mlm else True
         wanted, run = self._executable(bool(output_hidden_states), bool(output_attentions), mlm_here)
         if self.backend.name == "numpy" or not mlm_here:
             self._check_weights()  # host memory maps the file: a clear error, not SIGBUS
         raw = run({k: inputs[k] for k in wanted})
-        split_qa_logits(raw)
         if not mlm_here:
             raw[heads.mlm_output] = self._host_heads(MLM_LOGITS, raw["last_hidden_state"])
-        return self._package(raw)
+        losses = self._loss(raw, given, problem) if given else {}
+        split_qa_logits(raw)
+        out = self._package(raw)
+        out.update(losses)
+        return out
+
+    def _loss(self, raw: dict, given: dict, problem: str | None) -> dict[str, float]:
+        """The loss nodes of the labels given, run by the numpy reference over the logits the backend
+        returned: one definition whichever backend computed them."""
+        key = (tuple(sorted(given)), problem)
+        if key not in self._losses:
+            self._losses[key] = NumpyExecutable(loss_graph(self.checkpoint.graph, self.checkpoint.heads,
+                                                           given, problem), {})
+        run = self._losses[key]
+        names = {v: k for k, v in self.checkpoint.heads.outputs().items()}  # graph value -> HF output name
+        feed = {name: np.asarray(raw[names[name]], np.float32) for name in run.graph.inputs if name in names}
+        out = run({**feed, **given})
+        losses = {k: float(v) for k, v in out.items()}
+        bad = [k for k, v in losses.items() if not np.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"the {bad[0]} is NaN or infinite (the logits overflow the loss)")
+        return losses
 
     __call__ = forward
 

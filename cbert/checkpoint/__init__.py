@@ -38,6 +38,9 @@ class Checkpoint:
     # selects what it returns from it; host heads are cut from it (cbert.heads).
     graph: Graph
     weights: SafetensorsFile | None = None  # the open file, for check_unchanged() before host-side compute
+    # Each parameter's name as the file spells it (with the family's prefix where the file has one):
+    # gradients and saved folders use these names.
+    tensor_names: dict[str, str] | None = None
 
     def params_for(self, graph: Graph) -> dict[str, np.ndarray]:
         """The tensors ``graph`` reads."""
@@ -179,4 +182,5 @@ def load_checkpoint(path: str | Path, copy: bool = False) -> Checkpoint:
     except ValueError as e:
         raise CheckpointError(f"{weights_file}: {e}") from None
     n_params = sum(int(np.prod(s)) for s in want.values())
-    return Checkpoint(folder, cfg, weights_file, params, heads, loaded, arch, n_params, graph, st)
+    return Checkpoint(folder, cfg, weights_file, params, heads, loaded, arch, n_params, graph, st,
+                      {name: canon[name] for name in want})

@@ -109,6 +109,11 @@ class Family:
     config_defaults: Mapping[str, object] = field(default_factory=dict)
     config_fixed: Mapping[str, object] = field(default_factory=dict)
     config_problem: Callable[[ModelConfig], tuple[str, str] | None] = no_config_problem  # (field, why)
+    # config.json's keys for the dropout probabilities a training graph uses (hidden states,
+    # attention probabilities, the classifier's input) and Hugging Face's defaults when a key is
+    # absent; a classifier's None means "the hidden one", as BertForSequenceClassification reads it.
+    dropout_keys: tuple[str, str, str] = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+    dropout_defaults: tuple[float, float, float | None] = (0.1, 0.1, None)
 
     def config_dict(self, d: dict) -> dict:
         """A config.json dict in BERT's spelling, with this family's defaults and fixed values."""

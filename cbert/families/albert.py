@@ -57,4 +57,6 @@ FAMILY = register(Family(
     seq_cls=SeqClassifier(from_pooler=True, hidden=(), out="classifier"),
     config_defaults={"hidden_act": "gelu_new", "embedding_size": 128},  # AlbertConfig's defaults
     config_problem=config_problem,
+    dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"),
+    dropout_defaults=(0.0, 0.0, 0.1),  # AlbertConfig's
 ))

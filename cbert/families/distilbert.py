@@ -27,4 +27,6 @@ FAMILY = register(Family(
     config_defaults={"hidden_act": "gelu"},
     # No token types; LayerNorm eps is fixed in modeling_distilbert.py, whatever config.json says.
     config_fixed={"type_vocab_size": 0, "layer_norm_eps": 1e-12},
+    dropout_keys=("dropout", "attention_dropout", "seq_classif_dropout"),
+    dropout_defaults=(0.1, 0.1, 0.2),
 ))

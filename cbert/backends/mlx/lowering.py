@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from ...ir import Op
+from ...ir import IGNORE_INDEX, Op
 
 F32 = mx.float32
 _SQRT1_2 = 0.7071067811865476
@@ -343,6 +343,40 @@ def concat(arrays: list[mx.array], axis: int) -> mx.array:
     return mx.concatenate(list(arrays), axis=axis)
 
 
+# -- training: dropout and losses (float32, MLX's differentiable ops) -----------------------
+
+
+def dropout(p: Precision, x: mx.array, seed: mx.array, rate: float, salt: int) -> mx.array:
+    """x * keep / (1 - rate): the mask drawn from a key made of (seed, salt), so every node differs
+    and a step repeats under the same seed (MLX's generator: not numpy's masks)."""
+    if rate == 0.0:
+        return x
+    key = mx.stack([seed.astype(mx.uint32).reshape(()), mx.array(salt, mx.uint32)])
+    keep = mx.random.bernoulli(1.0 - rate, x.shape, key=key)
+    return _store(p, mx.where(keep, _f32(x) * (1.0 / (1.0 - rate)), 0.0))
+
+
+def cross_entropy(p: Precision, logits: mx.array, labels: mx.array, reduction: str) -> mx.array:
+    logits = _f32(logits)
+    keep = labels != IGNORE_INDEX
+    safe = mx.where(keep, labels, 0)
+    lse = mx.logsumexp(logits, axis=-1)
+    picked = mx.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    total = mx.sum(mx.where(keep, lse - picked, 0.0))
+    if reduction == "sum":
+        return total
+    return total / mx.maximum(mx.sum(keep).astype(F32), 1.0)
+
+
+def mse(p: Precision, prediction: mx.array, target: mx.array) -> mx.array:
+    return mx.mean(mx.square(_f32(prediction) - _f32(target)))
+
+
+def bce_logits(p: Precision, logits: mx.array, target: mx.array) -> mx.array:
+    x, t = _f32(logits), _f32(target)
+    return mx.mean(mx.maximum(x, 0.0) - x * t + mx.log1p(mx.exp(-mx.abs(x))))
+
+
 # op -> lowering; called as fn(precision, *inputs, **attrs).
 TABLE = {
     Op.EMBED: embed,
@@ -355,6 +389,12 @@ TABLE = {
     Op.LAYERNORM: layernorm,
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: lambda p, *arrays, axis: concat(arrays, axis),
+    Op.DROPOUT: dropout,
+    Op.CROSS_ENTROPY: cross_entropy,
+    Op.MSE: mse,
+    Op.BCE_LOGITS: bce_logits,
+    Op.PICK: lambda p, x, index: x[..., index],
+    Op.WEIGHTED_SUM: lambda p, *scalars, weights: sum(w * s for w, s in zip(weights, scalars)),
 }
 
 # Parameters that stay float32 in every dtype, by (op, input position): LayerNorm

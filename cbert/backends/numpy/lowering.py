@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Op
+from ...ir import IGNORE_INDEX, Op
 
 F32 = np.float32
 
@@ -172,6 +172,59 @@ def concat(arrays, axis):
     return np.concatenate([np.asarray(a, dtype=F32) for a in arrays], axis=axis)
 
 
+def dropout_keep(shape, seed, salt: int, rate: float) -> np.ndarray:
+    """The keep mask of a DROPOUT node: the same (seed, salt) draws the same mask, so the
+    backward pass redraws what the forward used instead of storing it."""
+    rng = np.random.default_rng((int(seed), int(salt)))
+    return rng.random(shape, dtype=F32) >= F32(rate)
+
+
+def dropout(x, seed, rate, salt):
+    if rate == 0.0:
+        return x
+    return x * dropout_keep(x.shape, seed, salt, rate) * F32(1.0 / (1.0 - rate))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def counted(labels: np.ndarray) -> np.ndarray:
+    """The labels a cross-entropy counts: every one but IGNORE_INDEX."""
+    return labels != IGNORE_INDEX
+
+
+def cross_entropy(logits, labels, reduction):
+    logits = np.asarray(logits, F32)
+    keep = counted(labels)
+    rows = log_softmax(logits[keep])  # [counted, C]
+    picked = rows[np.arange(len(rows)), labels[keep]]
+    total = -picked.sum(dtype=np.float64)
+    if reduction == "sum":
+        return np.asarray(total, F32)
+    return np.asarray(total / max(int(keep.sum()), 1), F32)
+
+
+def mse(prediction, target):
+    d = np.asarray(prediction, F32) - np.asarray(target, F32)
+    return np.asarray(np.mean(d * d, dtype=np.float64), F32)
+
+
+def bce_logits(logits, target):
+    # max(x, 0) - x t + log(1 + e^-|x|): PyTorch's stable form of -[t log s(x) + (1-t) log(1-s(x))]
+    x, t = np.asarray(logits, F32), np.asarray(target, F32)
+    return np.asarray(np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))), dtype=np.float64), F32)
+
+
+def pick(x, index):
+    return np.ascontiguousarray(x[..., index])
+
+
+def weighted_sum(*scalars, weights):
+    return np.asarray(sum(float(w) * float(s) for w, s in zip(weights, scalars)), F32)
+
+
 # The lowering table: op -> definition. Attrs arrive as keyword arguments.
 TABLE = {
     Op.EMBED: embed,
@@ -184,4 +237,10 @@ TABLE = {
     Op.LAYERNORM: layernorm,
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: lambda *arrays, axis: concat(arrays, axis),
+    Op.DROPOUT: dropout,
+    Op.CROSS_ENTROPY: cross_entropy,
+    Op.MSE: mse,
+    Op.BCE_LOGITS: bce_logits,
+    Op.PICK: pick,
+    Op.WEIGHTED_SUM: weighted_sum,
 }
