@@ -1,13 +1,14 @@
 """Fine-tuning on the op list: ``fit`` (what ``cbert train`` runs), the optimizer pieces, saving.
 
-Only this package's own modules are imported here, each where it lives:
-:mod:`.optim` (AdamW, schedules, clipping, loss scaling), :mod:`.fit` (the trainer),
-:mod:`.save` (Hugging Face folders), :mod:`.resume` (checkpoint-last).
+This file imports this package's trainer modules only: :mod:`.optim` (AdamW, schedules,
+clipping, loss scaling), :mod:`.fit` (the trainer), :mod:`.save` (Hugging Face folders) and
+:mod:`.resume` (the run folder and checkpoint-last).
 """
 
+from .fit import fit
 from .optim import AdamW, LossScaler, clip_grad_norm, lr_factor, no_decay_params
 
-# -- the data side (data.py, masking.py, metrics.py) is re-exported on the line below once it lands --
+# -- LEAD: re-export the data side here once data.py / masking.py / metrics.py are merged, e.g.
 # from .masking import mask_tokens
 
-__all__ = ["AdamW", "LossScaler", "clip_grad_norm", "lr_factor", "no_decay_params"]
+__all__ = ["AdamW", "LossScaler", "clip_grad_norm", "fit", "lr_factor", "no_decay_params"]
