@@ -19,6 +19,7 @@ from .inspect import add_inspect_parsers
 from .serve import add_serve_parser
 from .tasks import add_task_parsers
 from .tools import add_tool_parsers
+from .train import add_train_parser
 
 __all__ = ["build_parser", "default_model_path", "main"]
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tool_parsers(sub)
     add_serve_parser(sub)
     add_corpus_parser(sub)
+    add_train_parser(sub)
     return p
 
 

@@ -53,13 +53,14 @@ def fit(task: str, model_dir, train_file, out_dir, *, eval_file=None, epochs: in
     record also written to OUT/log.jsonl (None: a progress bar on stderr). Every bad argument or input
     is an InputError naming it, raised before anything in ``out_dir`` changes.
     """
-    from .data import read_task  # the data side of this package (read_task, TaskData)
-
     settings = dict(task=task, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                     warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                     schedule=schedule, precision=precision, seed=seed, max_steps=max_steps,
                     whole_word_mask=whole_word_mask, aggregation=aggregation)
     check_settings(settings, early_stopping, save_steps, eval_file)
+    for name, path in (("train_file", train_file), ("eval_file", eval_file)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{path}: no such file ({name}); give a {settings['task']} data file")
     from .. import load
 
     base = load(model_dir, backend="numpy")  # the base checkpoint and its tokenizer, read once
@@ -70,6 +71,8 @@ def fit(task: str, model_dir, train_file, out_dir, *, eval_file=None, epochs: in
     settings.update(model=str(ckpt.path.absolute()), train_file=str(Path(train_file).absolute()),
                     eval_file=None if eval_file is None else str(Path(eval_file).absolute()))
     compute = training_backend(backend, precision)
+
+    from .data import read_task  # the data side of this package (read_task, TaskData)
 
     label2id = base_label2id(ckpt, task)
     read = dict(aggregation=aggregation, whole_word=whole_word_mask)
