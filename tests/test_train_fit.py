@@ -13,6 +13,8 @@ import pytest
 from conftest import write_checkpoint
 
 import cbert
+import cbert.cli
+import cbert.train
 from cbert.checkpoint import load_checkpoint
 from cbert.families import build_graph
 from cbert.files import staged_folder
@@ -159,3 +161,179 @@ def test_length_grouped_batches_equal_transformers(monkeypatch):
         assert [i for b in ours for i in b] == list(flat)
         assert all(len(b) == batch for b in ours[:-1]) and 0 < len(ours[-1]) <= batch
         assert lengths[ours[0][0]] == max(lengths)
+
+
+# -- fit: runs on a tiny checkpoint, with a stand-in for cbert.train.data's TaskData ----------------------
+
+class TinySeqCls:
+    """cbert.train.data's TaskData contract for seq-cls (texts tokenized whole), small enough to read."""
+
+    task = "seq-cls"
+    problem_type = "single_label_classification"
+
+    def __init__(self, rows: list[tuple[list[int], int]], label_names: list[str]):
+        self.rows, self.label_names = rows, label_names
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids, _ in self.rows]
+
+    def collate(self, indices, seed: int) -> dict:
+        width = max(len(self.rows[i][0]) for i in indices)
+        ids = np.zeros((len(indices), width), np.int64)
+        mask = np.zeros_like(ids)
+        for r, i in enumerate(indices):
+            ids[r, :len(self.rows[i][0])] = self.rows[i][0]
+            mask[r, :len(self.rows[i][0])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
+                "labels": np.array([self.rows[i][1] for i in indices], np.int64)}
+
+    def evaluate(self, run, batch_size: int) -> dict:
+        right, losses = 0, []
+        for start in range(0, len(self), batch_size):
+            idx = list(range(start, min(start + batch_size, len(self))))
+            batch = self.collate(idx, 0)
+            out = run(batch)
+            right += int((out["logits"].argmax(-1) == batch["labels"]).sum())
+            losses.append(float(out["loss"]))
+        return {"accuracy": right / len(self), "loss": float(np.mean(losses)), "main": "accuracy"}
+
+
+def _read_task(task, path, tokenizer, config, *, label2id=None, max_length=None, stride=None, aggregation="mean",
+               whole_word=False):
+    rows = [json.loads(line) for line in open(path)]
+    names = sorted({r["label"] for r in rows}) if label2id is None else sorted(label2id, key=label2id.get)
+    enc = tokenizer([r["text"] for r in rows])
+    ids = [row[m.astype(bool)].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
+    return TinySeqCls([(i, names.index(r["label"])) for i, r in zip(ids, rows)], names)
+
+
+@pytest.fixture
+def tiny_data(monkeypatch, tmp_path):
+    """Assertion-style sentences (negated when they say "denies" or "no"), train and dev files, read by
+    the stand-in reader."""
+    monkeypatch.setitem(__import__("sys").modules, "cbert.train.data", types.SimpleNamespace(read_task=_read_task))
+    rng = np.random.default_rng(0)
+    words = "the patient was given for pain chest fever cough and with heart failure copd".split()
+
+    def write(name: str, n: int):
+        lines = []
+        for i in range(n):
+            body = list(rng.choice(words, size=int(rng.integers(2, 7))))
+            negated = i % 2 == 1
+            if negated:
+                body.insert(int(rng.integers(0, len(body))), str(rng.choice(["denies", "no"])))
+            lines.append(json.dumps({"text": " ".join(body), "label": "negated" if negated else "present"}))
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        return tmp_path / name
+
+    return write("train.jsonl", 48), write("dev.jsonl", 24)
+
+
+FAST = dict(lr=2e-3, batch_size=8, backend="numpy", seed=1)
+
+
+def test_fit_learns_and_saves_a_folder_transformers_loads(checkpoints, tiny_data, tmp_path):
+    import transformers
+
+    base, _ = checkpoints("odd13")  # a BertModel: the classifier is new
+    train, dev = tiny_data
+    out = tmp_path / "run"
+    records: list[dict] = []
+    summary = cbert.train.fit("seq-cls", base, train, out, eval_file=dev, epochs=6, warmup_ratio=0.1,
+                              weight_decay=0.01, log=records.append, **FAST)
+    assert summary["steps"] == 6 * 6 and summary["architecture"] == "BertForSequenceClassification"
+    evals = [r for r in records if "eval" in r]
+    assert len(evals) == 6
+    assert summary["best"]["value"] >= 0.9, [e["eval"]["accuracy"] for e in evals]
+    assert evals[0]["eval"]["loss"] > evals[-1]["eval"]["loss"]
+    assert records[0]["message"].startswith("initialized classifier.weight, classifier.bias as Hugging Face does")
+    steps = [r for r in records if "loss" in r and "eval" not in r]
+    assert [r["step"] for r in steps] == list(range(1, 37))
+    assert all(k in steps[0] for k in ("lr", "grad_norm", "tokens_per_s", "eta_s", "epoch"))
+    assert steps[0]["lr"] == 0.0 and steps[4]["lr"] == pytest.approx(2e-3)  # warm-up (4 steps), then decay
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [r["step"] for r in records]
+    # The folder at OUT's top is the best evaluation's model: transformers and cbert agree on it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf, info = transformers.AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert hf.config.id2label == {0: "negated", 1: "present"}
+    model = cbert.load(out, backend="numpy")
+    predicted = [r["label"] for r in model.classify([json.loads(x)["text"] for x in open(dev)])]
+    truth = [json.loads(x)["label"] for x in open(dev)]
+    assert np.mean([p == t for p, t in zip(predicted, truth)]) == pytest.approx(summary["best"]["value"])
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(checkpoints, tiny_data, tmp_path):
+    from safetensors.numpy import load_file
+
+    base, _ = checkpoints("odd13")
+    train, dev = tiny_data
+    kw = dict(eval_file=dev, epochs=2, grad_accum=2, warmup_ratio=0.2, save_steps=2, **FAST)
+    whole: list[dict] = []
+    cbert.train.fit("seq-cls", base, train, tmp_path / "whole", log=whole.append, **kw)
+
+    def kill_at_step_5(rec):
+        if rec.get("step") == 5 and "loss" in rec:
+            raise KeyboardInterrupt  # as a killed process: checkpoint-last is the one of step 4
+
+    with pytest.raises(KeyboardInterrupt):
+        cbert.train.fit("seq-cls", base, train, tmp_path / "cut", log=kill_at_step_5, **kw)
+    state = json.loads((tmp_path / "cut" / "checkpoint-last" / "trainer_state.json").read_text())
+    assert state["step"] == 4
+    resumed: list[dict] = []
+    cbert.train.fit("seq-cls", base, train, tmp_path / "cut", resume=True, log=resumed.append, **kw)
+    assert resumed[0]["message"].startswith("resumed from") and resumed[1]["step"] == 5
+    for name in ("model.safetensors", "checkpoint-last/model.safetensors", "checkpoint-last/optimizer.safetensors"):
+        a, b = load_file(tmp_path / "whole" / name), load_file(tmp_path / "cut" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert np.array_equal(a[k], b[k]), (name, k)
+    strip = ("tokens_per_s", "eta_s", "message")
+    logs = [[{k: v for k, v in json.loads(line).items() if k not in strip}
+             for line in (tmp_path / run / "log.jsonl").read_text().splitlines() if "message" not in line]
+            for run in ("whole", "cut")]
+    assert logs[0] == logs[1]
+
+
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(checkpoints, tiny_data, tmp_path, capsys):
+    base, _ = checkpoints("odd13")
+    train, _ = tiny_data
+    out = tmp_path / "run"
+    code = cbert.cli.main(["train", "seq-cls", "--model", base, "--train", str(train), "--out", str(out),
+                           "--backend", "numpy", "--lr", "1e30", "--batch-size", "8", "--max-grad-norm", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("cbert train: error: step 2: the training loss is nan; training stopped. Nothing was "
+                              "saved yet"), err[-1]
+    out2 = tmp_path / "run2"
+    with pytest.raises(cbert.InputError, match=r"step 2: .*Kept: .*checkpoint-last \(the state of step 1\)"):
+        cbert.train.fit("seq-cls", base, train, out2, lr=1e30, max_grad_norm=0, save_steps=1, log=lambda r: None,
+                        **{k: v for k, v in FAST.items() if k != "lr"})
+    assert json.loads((out2 / "checkpoint-last" / "trainer_state.json").read_text())["step"] == 1
+
+
+def test_out_folders_are_never_taken_unasked(checkpoints, tiny_data, tmp_path):
+    base, _ = checkpoints("odd13")
+    train, _ = tiny_data
+    quiet = dict(max_steps=1, log=lambda r: None, **FAST)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    with pytest.raises(cbert.InputError, match="exists and is not a cbert training run; pass --overwrite"):
+        cbert.train.fit("seq-cls", base, train, theirs, **quiet)
+    assert (theirs / "notes.txt").read_text() == "keep me"
+    with pytest.raises(cbert.InputError, match="not a cbert training run .* nothing to resume"):
+        cbert.train.fit("seq-cls", base, train, theirs, resume=True, **quiet)
+    run = tmp_path / "run"
+    cbert.train.fit("seq-cls", base, train, run, **quiet)
+    with pytest.raises(cbert.InputError, match="holds an earlier cbert training run; pass --resume"):
+        cbert.train.fit("seq-cls", base, train, run, **quiet)
+    with pytest.raises(cbert.InputError, match=r"--resume: lr = 0.1 differs from the run's 0.002"):
+        cbert.train.fit("seq-cls", base, train, run, resume=True, **{**quiet, "lr": 0.1})
+    cbert.train.fit("seq-cls", base, train, theirs, overwrite=True, **quiet)
+    assert not (theirs / "notes.txt").exists() and (theirs / "model.safetensors").is_file()

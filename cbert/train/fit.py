@@ -323,7 +323,8 @@ class _Run:
         for micro, indices in enumerate(group):
             batch = self.train_data.collate(indices, draw(s["seed"], 2, self.step, micro))
             inputs = self._inputs(batch, exe.graph.inputs, dropout_seed=draw(s["seed"], 3, self.step, micro))
-            outputs, g = exe(inputs, loss_scale=scale / len(group))
+            with np.errstate(over="ignore", invalid="ignore"):  # a non-finite loss is caught below, by name
+                outputs, g = exe(inputs, loss_scale=scale / len(group))
             losses.append(float(outputs["loss"]))
             tokens += int(np.asarray(inputs["attention_mask"]).sum()) if "attention_mask" in inputs else 0
             grads = g if grads is None else {k: grads[k] + v for k, v in g.items()}
@@ -394,12 +395,12 @@ class _Run:
         value = loss if what == "loss" else norm
         kept = []
         if self.saved_model_step is not None:
-            kept.append(f"{self.out} holds the model of step {self.saved_model_step}")
+            kept.append(f"{self.out} (the model of step {self.saved_model_step})")
         if self.saved_last_step is not None:
-            kept.append(f"{self.out / LAST} the state of step {self.saved_last_step}")
+            kept.append(f"{self.out / LAST} (the state of step {self.saved_last_step})")
         self.record({"step": step, "message": f"stopped: the {what} is {value}"})
         raise Diverged(f"step {step}: the training {what} is {value}; training stopped. "
-                       + ("; ".join(kept) + "." if kept else "Nothing was saved yet.")
+                       + (f"Kept: {', '.join(kept)}." if kept else "Nothing was saved yet.")
                        + " A lower lr (--lr) or float32 precision usually avoids this")
 
     # -- saving ---------------------------------------------------------------------------------
