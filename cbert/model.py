@@ -7,6 +7,7 @@ tasks from :mod:`cbert.tasks`. Here: loading, input checks, forward, and the tas
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,9 @@ class Model:
         self.backend = backend
         self.mlm_mode = mlm_mode
         self._compiled: dict[tuple, tuple[tuple[str, ...], object]] = {}
+        # Guards the caches of compiled executables: threads that meet a new output set at once
+        # compile it once (a second compile would upload the weights again), then share it.
+        self._compile_lock = threading.Lock()
         self._host_heads = HostHeads(ckpt)
         self._losses: dict[tuple, NumpyExecutable] = {}  # (labels given, problem type) -> host loss nodes
         self._tokenizer: Tokenizer | None = None
@@ -88,13 +92,17 @@ class Model:
     def _executable(self, hidden: bool, attentions: bool, mlm_here: bool):
         """(inputs it reads, the backend's compiled cut of the checkpoint's graph) for one output set."""
         key = (hidden, attentions, mlm_here)
-        if key not in self._compiled:
-            graph = self.checkpoint.graph
-            if attentions:
-                graph = expose_attentions(graph)
-            graph = graph.select(forward_outputs(graph, self.checkpoint.heads, hidden, attentions, mlm_here))
-            self._compiled[key] = (graph.inputs, self.backend.compile(graph, self._graph_params(graph)))
-        return self._compiled[key]
+        found = self._compiled.get(key)
+        if found is not None:
+            return found
+        with self._compile_lock:
+            if key not in self._compiled:
+                graph = self.checkpoint.graph
+                if attentions:
+                    graph = expose_attentions(graph)
+                graph = graph.select(forward_outputs(graph, self.checkpoint.heads, hidden, attentions, mlm_here))
+                self._compiled[key] = (graph.inputs, self.backend.compile(graph, self._graph_params(graph)))
+            return self._compiled[key]
 
     def _graph_params(self, graph: Graph) -> dict[str, np.ndarray]:
         return self.checkpoint.params_for(graph)
@@ -172,10 +180,11 @@ class Model:
         """The loss nodes of the labels given, run by the numpy reference over the logits the backend
         returned: one definition whichever backend computed them."""
         key = (tuple(sorted(given)), problem)
-        if key not in self._losses:
-            self._losses[key] = NumpyExecutable(loss_graph(self.checkpoint.graph, self.checkpoint.heads,
-                                                           given, problem), {})
-        run = self._losses[key]
+        with self._compile_lock:
+            if key not in self._losses:
+                self._losses[key] = NumpyExecutable(loss_graph(self.checkpoint.graph, self.checkpoint.heads,
+                                                               given, problem), {})
+            run = self._losses[key]
         names = {v: k for k, v in self.checkpoint.heads.outputs().items()}  # graph value -> HF output name
         feed = {name: np.asarray(raw[names[name]], np.float32) for name in run.graph.inputs if name in names}
         out = run({**feed, **given})
