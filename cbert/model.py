@@ -89,9 +89,10 @@ class Model:
 
     # -- execution -------------------------------------------------------------------------
 
-    def _executable(self, hidden: bool, attentions: bool, mlm_here: bool):
-        """(inputs it reads, the backend's compiled cut of the checkpoint's graph) for one output set."""
-        key = (hidden, attentions, mlm_here)
+    def _executable(self, hidden: bool, attentions: bool, mlm_here: bool, only: tuple[str, ...] | None = None):
+        """(inputs it reads, the backend's compiled cut of the checkpoint's graph) for one output set;
+        ``only``: just these Hugging Face outputs (and the last hidden state)."""
+        key = (hidden, attentions, mlm_here, only)
         found = self._compiled.get(key)
         if found is not None:
             return found
@@ -100,7 +101,11 @@ class Model:
                 graph = self.checkpoint.graph
                 if attentions:
                     graph = expose_attentions(graph)
-                graph = graph.select(forward_outputs(graph, self.checkpoint.heads, hidden, attentions, mlm_here))
+                wanted = forward_outputs(graph, self.checkpoint.heads, hidden, attentions, mlm_here)
+                if only is not None:
+                    wanted = {k: v for k, v in wanted.items() if k in only or k == "last_hidden_state"
+                              or (k == "qa_logits" and {"start_logits", "end_logits"} & set(only))}
+                graph = graph.select(wanted)
                 self._compiled[key] = (graph.inputs, self.backend.compile(graph, self._graph_params(graph)))
             return self._compiled[key]
 
@@ -153,22 +158,34 @@ class Model:
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 output_hidden_states: bool = False, output_attentions: bool = False, labels=None,
-                next_sentence_label=None, start_positions=None, end_positions=None) -> ModelOutput:
+                next_sentence_label=None, start_positions=None, end_positions=None,
+                outputs: tuple[str, ...] | None = None) -> ModelOutput:
         """Hugging Face's outputs for the checkpoint's class; with labels, ``.loss`` (a float) as its
         class defines it (-100 ignored; masked-LM + next-sentence for a pre-training model; a
-        classifier's cross-entropy, MSE for one label, BCE for multi-label; QA's mean of start and end)."""
+        classifier's cross-entropy, MSE for one label, BCE for multi-label; QA's mean of start and end).
+
+        ``outputs`` names the heads' outputs wanted (e.g. ``("last_hidden_state",)`` to embed a
+        masked-LM checkpoint without its [batch, seq, vocab] logits); None: all the class gives."""
         inputs = self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         heads = self.checkpoint.heads
         B, S = inputs["input_ids"].shape
         given, problem = prepare_labels(self.config, heads, B, S, dict(
             labels=labels, next_sentence_label=next_sentence_label, start_positions=start_positions,
             end_positions=end_positions))
-        mlm_here = mlm_in_graph(self.mlm_mode, self.backend, B, S) if heads.mlm else True
-        wanted, run = self._executable(bool(output_hidden_states), bool(output_attentions), mlm_here)
+        only = None if outputs is None else tuple(sorted(set(outputs) | _label_outputs(heads, given)))
+        if only is not None:
+            known = {"last_hidden_state", "start_logits", "end_logits", *heads.outputs()} - {"qa_logits"}
+            unknown = sorted(set(only) - known)
+            if unknown:
+                raise InputError(f"outputs: {unknown[0]!r} is not an output of this {self.checkpoint.architecture}; "
+                                 f"it has {', '.join(sorted(known))}")
+        wants_mlm = heads.mlm and (only is None or heads.mlm_output in only)
+        mlm_here = mlm_in_graph(self.mlm_mode, self.backend, B, S) if wants_mlm else True
+        wanted, run = self._executable(bool(output_hidden_states), bool(output_attentions), mlm_here, only)
         if self.backend.name == "numpy" or not mlm_here:
             self._check_weights()  # host memory maps the file: a clear error, not SIGBUS
         raw = run({k: inputs[k] for k in wanted})
-        if not mlm_here:
+        if not mlm_here and wants_mlm:
             raw[heads.mlm_output] = self._host_heads(MLM_LOGITS, raw["last_hidden_state"])
         losses = self._loss(raw, given, problem) if given else {}
         split_qa_logits(raw)
@@ -269,6 +286,14 @@ class Model:
     def fill_mask(self, text: str, top_k: int = 5) -> list:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
         return tasks.fill_mask(self, text, top_k)
+
+
+def _label_outputs(heads, given: dict) -> set[str]:
+    """The outputs a loss reads: computed whatever ``outputs`` says, when labels are given."""
+    if not given:
+        return set()
+    return {k for k in heads.outputs() if k != "pooler_output"} - {"qa_logits"} | (
+        {"start_logits", "end_logits"} if heads.qa else set())
 
 
 def _as_int_array(x, name: str, bools: bool = False) -> np.ndarray:
