@@ -20,7 +20,7 @@ from .errors import CheckpointError, InputError
 from .families import family_of
 from .heads import MLM_LOGITS, MLM_MODES, POOLER_OUTPUT, HostHeads, forward_outputs, mlm_in_graph, split_qa_logits
 from .ir import Graph, expose_attentions
-from .losses import loss_graph, prepare_labels
+from .losses import loss_graph, prepare_labels, with_losses
 from .tasks.embed import EmbeddingDefaults
 from .tokenizer import Tokenizer
 
@@ -63,6 +63,7 @@ class Model:
         self._compile_lock = threading.Lock()
         self._host_heads = HostHeads(ckpt)
         self._losses: dict[tuple, NumpyExecutable] = {}  # (labels given, problem type) -> host loss nodes
+        self._grads: dict[tuple, object] = {}  # (labels given, problem type) -> the backend's gradient executable
         self._tokenizer: Tokenizer | None = None
         # Read once here, so model.embed, cbert embed and cbert info cannot disagree on them.
         self.embedding_defaults = EmbeddingDefaults.of_folder(ckpt.path)
@@ -286,6 +287,31 @@ class Model:
     def fill_mask(self, text: str, top_k: int = 5) -> list:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
         return tasks.fill_mask(self, text, top_k)
+
+    # -- gradients (the learning issue: numpy and MLX gradient executors) ---------------------
+
+    def loss_and_grads(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                       **labels) -> tuple[float, dict[str, np.ndarray]]:
+        """(loss, d loss / d every parameter) in eval mode (no dropout), the loss as ``forward(labels=...)``
+        gives it; the gradients keyed by the tensor names of the checkpoint's model.safetensors (a tied
+        masked-LM decoder's gradient is part of the word embeddings')."""
+        compile_grad = getattr(self.backend, "compile_grad", None)
+        if compile_grad is None:
+            raise InputError(f"backend={self.backend.name!r} computes no gradients; use backend='numpy' or 'mlx'")
+        inputs = self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        heads = self.checkpoint.heads
+        B, S = inputs["input_ids"].shape
+        given, problem = prepare_labels(self.config, heads, B, S, labels)
+        key = (tuple(sorted(given)), problem)
+        if key not in self._grads:
+            full = with_losses(self.checkpoint.graph, heads, frozenset(given), problem)
+            graph = full.select({k: v for k, v in full.outputs.items() if k in ("loss", "mlm_loss", "nsp_loss")})
+            self._grads[key] = (graph.inputs, compile_grad(graph, self._graph_params(graph)))
+        reads, run = self._grads[key]
+        self._check_weights()
+        outputs, grads = run({**{k: inputs[k] for k in reads if k in inputs}, **given})
+        names = self.checkpoint.tensor_names
+        return float(outputs["loss"]), {names[k]: run.to_host(g) for k, g in grads.items()}
 
 
 def _label_outputs(heads, given: dict) -> set[str]:
