@@ -7,6 +7,7 @@ tasks from :mod:`cbert.tasks`. Here: loading, input checks, forward, and the tas
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from .errors import CheckpointError, InputError
 from .families import family_of
 from .heads import MLM_LOGITS, MLM_MODES, POOLER_OUTPUT, HostHeads, forward_outputs, mlm_in_graph, split_qa_logits
 from .ir import Graph, expose_attentions
-from .losses import loss_graph, prepare_labels
+from .losses import loss_graph, prepare_labels, with_losses
 from .tasks.embed import EmbeddingDefaults
 from .tokenizer import Tokenizer
 
@@ -57,8 +58,12 @@ class Model:
         self.backend = backend
         self.mlm_mode = mlm_mode
         self._compiled: dict[tuple, tuple[tuple[str, ...], object]] = {}
+        # Guards the caches of compiled executables: threads that meet a new output set at once
+        # compile it once (a second compile would upload the weights again), then share it.
+        self._compile_lock = threading.Lock()
         self._host_heads = HostHeads(ckpt)
         self._losses: dict[tuple, NumpyExecutable] = {}  # (labels given, problem type) -> host loss nodes
+        self._grads: dict[tuple, object] = {}  # (labels given, problem type) -> the backend's gradient executable
         self._tokenizer: Tokenizer | None = None
         # Read once here, so model.embed, cbert embed and cbert info cannot disagree on them.
         self.embedding_defaults = EmbeddingDefaults.of_folder(ckpt.path)
@@ -85,16 +90,25 @@ class Model:
 
     # -- execution -------------------------------------------------------------------------
 
-    def _executable(self, hidden: bool, attentions: bool, mlm_here: bool):
-        """(inputs it reads, the backend's compiled cut of the checkpoint's graph) for one output set."""
-        key = (hidden, attentions, mlm_here)
-        if key not in self._compiled:
-            graph = self.checkpoint.graph
-            if attentions:
-                graph = expose_attentions(graph)
-            graph = graph.select(forward_outputs(graph, self.checkpoint.heads, hidden, attentions, mlm_here))
-            self._compiled[key] = (graph.inputs, self.backend.compile(graph, self._graph_params(graph)))
-        return self._compiled[key]
+    def _executable(self, hidden: bool, attentions: bool, mlm_here: bool, only: tuple[str, ...] | None = None):
+        """(inputs it reads, the backend's compiled cut of the checkpoint's graph) for one output set;
+        ``only``: just these Hugging Face outputs (and the last hidden state)."""
+        key = (hidden, attentions, mlm_here, only)
+        found = self._compiled.get(key)
+        if found is not None:
+            return found
+        with self._compile_lock:
+            if key not in self._compiled:
+                graph = self.checkpoint.graph
+                if attentions:
+                    graph = expose_attentions(graph)
+                wanted = forward_outputs(graph, self.checkpoint.heads, hidden, attentions, mlm_here)
+                if only is not None:
+                    wanted = {k: v for k, v in wanted.items() if k in only or k == "last_hidden_state"
+                              or (k == "qa_logits" and {"start_logits", "end_logits"} & set(only))}
+                graph = graph.select(wanted)
+                self._compiled[key] = (graph.inputs, self.backend.compile(graph, self._graph_params(graph)))
+            return self._compiled[key]
 
     def _graph_params(self, graph: Graph) -> dict[str, np.ndarray]:
         return self.checkpoint.params_for(graph)
@@ -145,22 +159,34 @@ class Model:
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 output_hidden_states: bool = False, output_attentions: bool = False, labels=None,
-                next_sentence_label=None, start_positions=None, end_positions=None) -> ModelOutput:
+                next_sentence_label=None, start_positions=None, end_positions=None,
+                outputs: tuple[str, ...] | None = None) -> ModelOutput:
         """Hugging Face's outputs for the checkpoint's class; with labels, ``.loss`` (a float) as its
         class defines it (-100 ignored; masked-LM + next-sentence for a pre-training model; a
-        classifier's cross-entropy, MSE for one label, BCE for multi-label; QA's mean of start and end)."""
+        classifier's cross-entropy, MSE for one label, BCE for multi-label; QA's mean of start and end).
+
+        ``outputs`` names the heads' outputs wanted (e.g. ``("last_hidden_state",)`` to embed a
+        masked-LM checkpoint without its [batch, seq, vocab] logits); None: all the class gives."""
         inputs = self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         heads = self.checkpoint.heads
         B, S = inputs["input_ids"].shape
         given, problem = prepare_labels(self.config, heads, B, S, dict(
             labels=labels, next_sentence_label=next_sentence_label, start_positions=start_positions,
             end_positions=end_positions))
-        mlm_here = mlm_in_graph(self.mlm_mode, self.backend, B, S) if heads.mlm else True
-        wanted, run = self._executable(bool(output_hidden_states), bool(output_attentions), mlm_here)
+        only = None if outputs is None else tuple(sorted(set(outputs) | _label_outputs(heads, given)))
+        if only is not None:
+            known = {"last_hidden_state", "start_logits", "end_logits", *heads.outputs()} - {"qa_logits"}
+            unknown = sorted(set(only) - known)
+            if unknown:
+                raise InputError(f"outputs: {unknown[0]!r} is not an output of this {self.checkpoint.architecture}; "
+                                 f"it has {', '.join(sorted(known))}")
+        wants_mlm = heads.mlm and (only is None or heads.mlm_output in only)
+        mlm_here = mlm_in_graph(self.mlm_mode, self.backend, B, S) if wants_mlm else True
+        wanted, run = self._executable(bool(output_hidden_states), bool(output_attentions), mlm_here, only)
         if self.backend.name == "numpy" or not mlm_here:
             self._check_weights()  # host memory maps the file: a clear error, not SIGBUS
         raw = run({k: inputs[k] for k in wanted})
-        if not mlm_here:
+        if not mlm_here and wants_mlm:
             raw[heads.mlm_output] = self._host_heads(MLM_LOGITS, raw["last_hidden_state"])
         losses = self._loss(raw, given, problem) if given else {}
         split_qa_logits(raw)
@@ -172,10 +198,11 @@ class Model:
         """The loss nodes of the labels given, run by the numpy reference over the logits the backend
         returned: one definition whichever backend computed them."""
         key = (tuple(sorted(given)), problem)
-        if key not in self._losses:
-            self._losses[key] = NumpyExecutable(loss_graph(self.checkpoint.graph, self.checkpoint.heads,
-                                                           given, problem), {})
-        run = self._losses[key]
+        with self._compile_lock:
+            if key not in self._losses:
+                self._losses[key] = NumpyExecutable(loss_graph(self.checkpoint.graph, self.checkpoint.heads,
+                                                               given, problem), {})
+            run = self._losses[key]
         names = {v: k for k, v in self.checkpoint.heads.outputs().items()}  # graph value -> HF output name
         feed = {name: np.asarray(raw[names[name]], np.float32) for name in run.graph.inputs if name in names}
         out = run({**feed, **given})
@@ -260,6 +287,39 @@ class Model:
     def fill_mask(self, text: str, top_k: int = 5) -> list:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
         return tasks.fill_mask(self, text, top_k)
+
+    # -- gradients (the learning issue: numpy and MLX gradient executors) ---------------------
+
+    def loss_and_grads(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                       **labels) -> tuple[float, dict[str, np.ndarray]]:
+        """(loss, d loss / d every parameter) in eval mode (no dropout), the loss as ``forward(labels=...)``
+        gives it; the gradients keyed by the tensor names of the checkpoint's model.safetensors (a tied
+        masked-LM decoder's gradient is part of the word embeddings')."""
+        compile_grad = getattr(self.backend, "compile_grad", None)
+        if compile_grad is None:
+            raise InputError(f"backend={self.backend.name!r} computes no gradients; use backend='numpy' or 'mlx'")
+        inputs = self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        heads = self.checkpoint.heads
+        B, S = inputs["input_ids"].shape
+        given, problem = prepare_labels(self.config, heads, B, S, labels)
+        key = (tuple(sorted(given)), problem)
+        if key not in self._grads:
+            full = with_losses(self.checkpoint.graph, heads, frozenset(given), problem)
+            graph = full.select({k: v for k, v in full.outputs.items() if k in ("loss", "mlm_loss", "nsp_loss")})
+            self._grads[key] = (graph.inputs, compile_grad(graph, self._graph_params(graph)))
+        reads, run = self._grads[key]
+        self._check_weights()
+        outputs, grads = run({**{k: inputs[k] for k in reads if k in inputs}, **given})
+        names = self.checkpoint.tensor_names
+        return float(outputs["loss"]), {names[k]: run.to_host(g) for k, g in grads.items()}
+
+
+def _label_outputs(heads, given: dict) -> set[str]:
+    """The outputs a loss reads: computed whatever ``outputs`` says, when labels are given."""
+    if not given:
+        return set()
+    return {k for k in heads.outputs() if k != "pooler_output"} - {"qa_logits"} | (
+        {"start_logits", "end_logits"} if heads.qa else set())
 
 
 def _as_int_array(x, name: str, bools: bool = False) -> np.ndarray:

@@ -278,3 +278,21 @@ def test_tasks_agree_across_backends(family_checkpoints, backend):  # noqa: F811
     got = cbert.load(qa, backend=backend).qa("what was given", LONG, stride=6)
     assert (got["start"], got["end"]) == (want["start"], want["end"])
     assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+def test_outputs_asked_for_skip_the_other_heads(checkpoints, backend, dtype):
+    folder, _ = checkpoints("head16_pretrain")
+    model = cbert.load(folder, backend=backend, dtype=dtype)
+    ids = np.array([[2, 5, 7, 9, 3], [2, 8, 8, 3, 0]])
+    full = model.forward(ids)
+    hidden = model.forward(ids, outputs=("last_hidden_state",))
+    assert set(hidden) == {"last_hidden_state"}
+    assert np.array_equal(hidden.last_hidden_state, full.last_hidden_state)
+    # labels bring back the logits their loss reads
+    labels = np.full(ids.shape, -100)
+    labels[0, 2] = 7
+    with_loss = model.forward(ids, outputs=("last_hidden_state",), labels=labels)
+    assert "prediction_logits" in with_loss and np.isfinite(with_loss.loss)
+    with pytest.raises(cbert.InputError, match="outputs: 'logits' is not an output"):
+        model.forward(ids, outputs=("logits",))

@@ -50,3 +50,29 @@ def test_sixteen_threads_mixed_shapes_equal_serial(checkpoints, backend, dtype):
         th.join()
     assert not failed, failed[0]
     assert not wrong, f"{len(wrong)} of {THREADS * ROUNDS * len(inputs)} calls differ from serial: {wrong[:3]}"
+
+
+def test_threads_meeting_a_new_output_set_compile_it_once(checkpoints):
+    folder, _ = checkpoints("head16_pretrain")
+    model = cbert.load(folder, backend="numpy")
+    compiled: list[object] = []
+    compile_graph = model.backend.compile
+
+    def counting(graph, params):
+        compiled.append(graph)
+        return compile_graph(graph, params)
+
+    model.backend.compile = counting
+    start = threading.Barrier(8)
+    ids = make_inputs(SHAPES["head16_pretrain"][1], 2, 9, seed=0)
+
+    def work() -> None:
+        start.wait()
+        model.forward(**ids, output_hidden_states=True)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(compiled) == 1

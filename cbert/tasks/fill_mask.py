@@ -23,7 +23,7 @@ def fill_mask(model, text: str, top_k: int = 5) -> list:
     where = np.flatnonzero(ids == tok.mask_token_id)
     if where.size == 0:
         raise InputError(f"no {tok.mask_token} token in the text: {text!r}")
-    hidden = model.forward(**batch).last_hidden_state
+    hidden = model.forward(**batch, outputs=("last_hidden_state",)).last_hidden_state
     # The head runs only over the masked positions, not the whole [seq, vocab].
     logits = model.mlm_logits(hidden[:, where])[0]
     results = []

@@ -36,7 +36,7 @@ def run_windows(model, windows: list[Window], batch_size: int, outputs: tuple[st
     for b in range(n_batches):
         idx = order[b * batch_size:(b + 1) * batch_size]
         batch = model.tokenizer.model_inputs(pad([windows[i] for i in idx], model.tokenizer.pad_token_id))
-        out = model.forward(**batch)
+        out = model.forward(**batch, outputs=outputs)  # no head the task does not read
         for row, i in enumerate(idx):
             n = len(windows[i].ids)
             for key in outputs:

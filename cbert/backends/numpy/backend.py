@@ -69,3 +69,9 @@ class NumpyBackend:
 
     def compile(self, graph: Graph, params: dict[str, np.ndarray]) -> NumpyExecutable:
         return NumpyExecutable(graph, params)
+
+    def compile_grad(self, graph: Graph, params: dict[str, np.ndarray]):
+        """The gradient executable of a training graph (:class:`cbert.backends.numpy.grad.NumpyGradExecutable`)."""
+        from .grad import NumpyGradExecutable  # grad builds on this module's executor
+
+        return NumpyGradExecutable(graph, params)

@@ -1,8 +1,9 @@
 """The numpy reference: one short function per op, the living definition of each, and the table.
 
 Every other backend is checked against these, op by op and end to end. Float32
-throughout; the GELU is the exact (erf) form to float32 precision; the attention mask is
-Hugging Face's additive one (the dtype's minimum, never -inf).
+throughout (float64 inputs stay float64, for the gradient tests' finite differences); the GELU
+is the exact (erf) form to float32 precision; the attention mask is Hugging Face's additive
+one (the dtype's minimum, never -inf).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
 # Spreading the blocks over a thread pool won nothing inside a forward (OpenBLAS's workers
 # still spin on the other core after each GEMM), so it stays on one thread.
 _CHUNK = 1 << 17
+
+
+def _float(a) -> np.ndarray:
+    """``a`` as float32, or as it is when float64 (the finite-difference tests' path)."""
+    a = np.asarray(a)
+    return a if a.dtype == np.float64 else a.astype(F32, copy=False)
 
 
 def _blockwise(fn, y2d: np.ndarray) -> None:
@@ -113,7 +120,7 @@ def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nda
 def embed(ln_w, ln_b, *tables_and_ids, eps):
     x = None
     for table, ids in zip(tables_and_ids[::2], tables_and_ids[1::2]):
-        g = np.take(table, ids, axis=0).astype(F32, copy=False)
+        g = _float(np.take(table, ids, axis=0))
         x = g if x is None else x + g
     return layernorm(x, ln_w, ln_b, eps)
 
@@ -169,7 +176,7 @@ def first_token(x):
 
 
 def concat(arrays, axis):
-    return np.concatenate([np.asarray(a, dtype=F32) for a in arrays], axis=axis)
+    return np.concatenate([_float(a) for a in arrays], axis=axis)
 
 
 def dropout_keep(shape, seed, salt: int, rate: float) -> np.ndarray:
@@ -196,25 +203,27 @@ def counted(labels: np.ndarray) -> np.ndarray:
 
 
 def cross_entropy(logits, labels, reduction):
-    logits = np.asarray(logits, F32)
+    logits = _float(logits)
     keep = counted(labels)
     rows = log_softmax(logits[keep])  # [counted, C]
     picked = rows[np.arange(len(rows)), labels[keep]]
     total = -picked.sum(dtype=np.float64)
     if reduction == "sum":
-        return np.asarray(total, F32)
-    return np.asarray(total / max(int(keep.sum()), 1), F32)
+        return np.asarray(total, logits.dtype)
+    return np.asarray(total / max(int(keep.sum()), 1), logits.dtype)
 
 
 def mse(prediction, target):
-    d = np.asarray(prediction, F32) - np.asarray(target, F32)
-    return np.asarray(np.mean(d * d, dtype=np.float64), F32)
+    p = _float(prediction)
+    d = p - np.asarray(target, p.dtype)
+    return np.asarray(np.mean(d * d, dtype=np.float64), p.dtype)
 
 
 def bce_logits(logits, target):
     # max(x, 0) - x t + log(1 + e^-|x|): PyTorch's stable form of -[t log s(x) + (1-t) log(1-s(x))]
-    x, t = np.asarray(logits, F32), np.asarray(target, F32)
-    return np.asarray(np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))), dtype=np.float64), F32)
+    x = _float(logits)
+    t = np.asarray(target, x.dtype)
+    return np.asarray(np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))), dtype=np.float64), x.dtype)
 
 
 def pick(x, index):
@@ -222,7 +231,8 @@ def pick(x, index):
 
 
 def weighted_sum(*scalars, weights):
-    return np.asarray(sum(float(w) * float(s) for w, s in zip(weights, scalars)), F32)
+    dtype = np.result_type(F32, *(np.asarray(s).dtype for s in scalars))
+    return np.asarray(sum(float(w) * float(s) for w, s in zip(weights, scalars)), dtype)
 
 
 # The lowering table: op -> definition. Attrs arrive as keyword arguments.
