@@ -337,3 +337,32 @@ def test_out_folders_are_never_taken_unasked(checkpoints, tiny_data, tmp_path):
         cbert.train.fit("seq-cls", base, train, run, resume=True, **{**quiet, "lr": 0.1})
     cbert.train.fit("seq-cls", base, train, theirs, overwrite=True, **quiet)
     assert not (theirs / "notes.txt").exists() and (theirs / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_fit_on_mlx_in_half_precision_learns(checkpoints, tiny_data, tmp_path, precision):
+    base, _ = checkpoints("odd13")
+    train, dev = tiny_data
+    records: list[dict] = []
+    summary = cbert.train.fit("seq-cls", base, train, tmp_path / "a", eval_file=dev, epochs=8, precision=precision,
+                              log=records.append, **{**FAST, "backend": "mlx"})
+    assert summary["best"]["value"] >= 0.9, [r["eval"]["accuracy"] for r in records if "eval" in r]
+    steps = [r for r in records if "loss" in r and "eval" not in r]
+    assert all(np.isfinite(r["loss"]) for r in steps)
+    if precision == "float16":  # dynamic loss scaling, logged with every step
+        assert steps[0]["loss_scale"] == 2.0 ** 16 and all("skipped" in r for r in steps)
+    else:
+        assert "loss_scale" not in steps[0]
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_fit_on_mlx_repeats_itself(checkpoints, tiny_data, tmp_path, precision):
+    from safetensors.numpy import load_file
+
+    base, _ = checkpoints("odd13")
+    train, _ = tiny_data
+    for run in ("a", "b"):
+        cbert.train.fit("seq-cls", base, train, tmp_path / run, max_steps=3, precision=precision, log=lambda r: None,
+                        **{**FAST, "backend": "mlx"})
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # the same seed gives the same weights
