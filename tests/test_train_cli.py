@@ -3,8 +3,11 @@ anything in --out changes."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import run_cli
+from test_train_fit import tiny_data  # noqa: F401, F811 (the fixture: tiny seq-cls files and their reader)
 
 from cbert.cli import main
 
@@ -69,3 +72,25 @@ def test_the_command_is_registered_and_argparse_refuses_unknown_choices():
     assert r.returncode == 2 and "invalid choice: 'ner'" in r.stderr
     r = run_cli("train", "qa", "--model", "m", "--train", "t", "--out", "o", "--backend", "wgpu")
     assert r.returncode == 2 and "invalid choice: 'wgpu'" in r.stderr
+
+
+def test_train_runs_and_never_takes_a_folder_unasked(capsys, model, tiny_data, tmp_path):  # noqa: F811
+    train, dev = tiny_data
+    out = tmp_path / "run"
+    argv = ["train", "seq-cls", "--model", model, "--train", str(train), "--eval", str(dev), "--out", str(out),
+            "--backend", "numpy", "--batch-size", "8", "--max-steps", "2", "--lr", "1e-3"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["steps"] == 2 and summary["architecture"] == "BertForSequenceClassification"
+    assert "initialized classifier.weight, classifier.bias" in captured.err and "eval at step 2" in captured.err
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint-last").is_dir()
+    _one_line_error(capsys, argv, "holds an earlier cbert training run; pass --resume to continue it")
+    assert main([*argv, "--resume"]) == 0  # a finished run resumed: nothing left to do, nothing lost
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("mine")
+    argv[argv.index(str(out))] = str(theirs)
+    _one_line_error(capsys, argv, "exists and is not a cbert training run; pass --overwrite")
+    assert (theirs / "keep.txt").read_text() == "mine"
