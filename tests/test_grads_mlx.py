@@ -279,17 +279,18 @@ def _exact_gelu(x: np.ndarray) -> np.ndarray:
 
 
 def test_gelu_polynomial_has_the_exact_gelu_gradient():
-    x = np.concatenate([np.linspace(-12, 12, 24_001), [0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
+    x = np.concatenate([np.linspace(-12, 12, 240_001), [0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
     with mx.stream(mx.cpu):
         got = np.array(mx.grad(lambda a: lowering.gelu(a, True).sum())(mx.array(x)))
     x = x.astype(np.float64)  # the reference at the float32 points themselves
     want = _finite_difference(_exact_gelu, x)
+    # 2.4e-7 measured; autodiff of the polynomial itself is 1.05e-6 off (near x = -0.08).
     err = np.abs(got - want)
-    assert err.max() <= 1e-6, f"max abs error {err.max():.3g} at x={x[err.argmax()]}"
+    assert err.max() <= 5e-7, f"max abs error {err.max():.3g} at x={x[err.argmax()]}"
     # The GPU form (mx.erf) is differentiated by MLX itself: the same gradient.
     with mx.stream(mx.cpu):
         gpu = np.array(mx.grad(lambda a: lowering.gelu(a, False).sum())(mx.array(x.astype(np.float32))))
-    assert np.abs(gpu - want).max() <= 1e-6
+    assert np.abs(gpu - want).max() <= 5e-7
 
 
 def test_exp_nonpositive_has_exps_gradient():
