@@ -274,3 +274,9 @@ class MLXBackend:
             "blas": _blas.blas_in_use(),
             "version": mx.__version__,
         }
+
+    def compile_grad(self, graph: Graph, params: dict[str, np.ndarray]):
+        """A training graph's loss and gradients (cbert.backends.mlx.grad.MLXGradExecutable)."""
+        from .grad import MLXGradExecutable
+
+        return MLXGradExecutable(graph, params, self.precision, self.device)
