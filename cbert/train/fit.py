@@ -33,7 +33,9 @@ from .save import TASKS, OutputModel, write_replacing
 PRECISIONS = ("float32", "bfloat16", "float16")
 AGGREGATIONS = ("mean", "max", "vote")
 TRAINING_BACKENDS = ("numpy", "mlx")  # the backends with compile_grad
-LOWER_IS_BETTER = ("perplexity", "loss")  # metrics where the best checkpoint has the smallest value
+# Metrics where the best checkpoint has the smallest value, when the data's metrics do not say
+# (greater_is_better, as TrainingArguments names it).
+LOWER_IS_BETTER = ("perplexity", "loss")
 TASK_LABELS = {"mlm": ("labels",), "seq-cls": ("labels",), "token-cls": ("labels",),
                "qa": ("start_positions", "end_positions")}
 
@@ -377,11 +379,11 @@ class _Run:
             split_qa_logits(outputs)
             return outputs
 
-        metrics = {k: (v if isinstance(v, str) else float(v))
+        metrics = {k: (v if isinstance(v, (str, bool)) else float(v))
                    for k, v in self.dev.evaluate(run, self.s["batch_size"]).items()}
         name, value = main_metric(metrics)
-        lower = name in LOWER_IS_BETTER
-        better = self.best is None or (value < self.best["value"] if lower else value > self.best["value"])
+        greater = metrics.get("greater_is_better", name not in LOWER_IS_BETTER)
+        better = self.best is None or (value > self.best["value"] if greater else value < self.best["value"])
         if better:
             self.best = {"step": self.step, "name": name, "value": value, "metrics": metrics}
             self.evals_without_gain = 0
@@ -467,7 +469,7 @@ class Progress:
         if "message" in rec or "eval" in rec:
             text = rec.get("message") or (f"eval at step {rec['step']}: "
                                           + ", ".join(f"{k} {v:.4g}" for k, v in rec["eval"].items()
-                                                      if not isinstance(v, str)))
+                                                      if isinstance(v, float)))
             self._line(text)
             return
         total, step = rec["total_steps"], rec["step"]
