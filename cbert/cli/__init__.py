@@ -14,6 +14,7 @@ import sys
 from .. import __version__
 from ..errors import BackendUnavailable, CheckpointError, InputError, UsageError
 from .common import default_model_path
+from .adapt import add_adapt_parsers
 from .corpus import add_corpus_parser
 from .inspect import add_inspect_parsers
 from .serve import add_serve_parser
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_corpus_parser(sub)
     add_train_parser(sub)
+    add_adapt_parsers(sub)
     return p
 
 
