@@ -23,8 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import load_checkpoint
-from ..checkpoint.adapter import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_CONFIG, LORA_SUFFIXES, PEFT_PREFIX,
-                                  linear_weights)
+from ..checkpoint.adapter import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    HEAD_CONFIG,
+    LORA_SUFFIXES,
+    PEFT_PREFIX,
+    linear_weights,
+)
 from ..checkpoint.safetensors import SafetensorsFile
 from ..errors import InputError
 from ..families import build_graph, family_of

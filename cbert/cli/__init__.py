@@ -13,8 +13,8 @@ import sys
 
 from .. import __version__
 from ..errors import BackendUnavailable, CheckpointError, InputError, UsageError
-from .common import default_model_path
 from .adapt import add_adapt_parsers
+from .common import default_model_path
 from .corpus import add_corpus_parser
 from .inspect import add_inspect_parsers
 from .serve import add_serve_parser
