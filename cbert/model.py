@@ -37,17 +37,18 @@ class ModelOutput(dict):
 
 
 def load(path: str | Path, backend: str = "auto", dtype: str = "float32", device: str | None = None,
-         mlm_mode: str = "auto", copy_weights: bool = False) -> Model:
+         mlm_mode: str = "auto", copy_weights: bool = False, adapter: str | Path | None = None) -> Model:
     """Load a checkpoint folder (config.json, model.safetensors, tokenizer.json or vocab.txt).
 
     The weights file is memory-mapped (no copy) unless ``copy_weights=True``. A file replaced
     (renamed over) while the model lives is harmless; one changed in place is detected before
     each host-side computation and reported as a CheckpointError, since reading a truncated map
     would crash the process (SIGBUS). ``copy_weights=True`` makes the model independent of it.
+    ``adapter``: a PEFT LoRA adapter folder, merged into the weights at load (every backend runs it).
     """
     if mlm_mode not in MLM_MODES:
         raise InputError(f"mlm_mode={mlm_mode!r}; choose one of {', '.join(MLM_MODES)}")
-    ckpt = load_checkpoint(path, copy=copy_weights)
+    ckpt = load_checkpoint(path, copy=copy_weights, adapter=adapter)
     return Model(ckpt, get_backend(backend, dtype, device), mlm_mode)
 
 
