@@ -44,6 +44,16 @@ BCE_LOGITS   inputs (logits, target float in [0, 1], the same shape) -> mean bin
 PICK         inputs (x [..., n]); attrs index -> x[..., index]  (QA's start and end logits).
 WEIGHTED_SUM inputs (scalars...); attrs weights (one float each) -> sum w_i x_i.
 
+Distillation losses (DistilBERT's training code, transformers' examples/research_projects/distillation):
+
+KL_DIV       inputs (logits [..., C], target_logits [..., C] float[, mask [...] int]); attrs temperature.
+             KL(softmax(target / T) || softmax(logits / T)) summed over C, then averaged over the rows
+             whose mask is not 0 (all rows without a mask; 0 when none counts): KLDivLoss "batchmean"
+             over the selected rows. The T^2 factor is the caller's weight.
+COSINE       inputs (x [..., H], target [..., H] float[, mask [...] int]) -> the mean over the counted
+             rows of 1 - cos(x, target), cos = x.t / sqrt((|x|^2 + 1e-12)(|t|^2 + 1e-12))
+             (CosineEmbeddingLoss with target 1).
+
 The same rules as code: :data:`SHAPE_RULES` (one function per op) and :func:`infer_shapes`,
 which the checkpoint loader, the numpy executor and the wgpu planner all call. The one
 lifetime analysis every executor frees values by is :func:`free_after`.
@@ -74,11 +84,14 @@ class Op(Enum):
     BCE_LOGITS = "bce_logits"
     PICK = "pick"
     WEIGHTED_SUM = "weighted_sum"
+    KL_DIV = "kl_div"
+    COSINE = "cosine"
 
 
 # Ops only a training graph holds (cbert.losses adds them): a forward computes its loss on the host
 # over the logits it returned, so only the numpy reference and gradient executors lower these.
-TRAINING_OPS = frozenset({Op.DROPOUT, Op.LORA, Op.CROSS_ENTROPY, Op.MSE, Op.BCE_LOGITS, Op.PICK, Op.WEIGHTED_SUM})
+TRAINING_OPS = frozenset({Op.DROPOUT, Op.LORA, Op.CROSS_ENTROPY, Op.MSE, Op.BCE_LOGITS, Op.PICK, Op.WEIGHTED_SUM,
+                          Op.KL_DIV, Op.COSINE})
 
 # The label value CROSS_ENTROPY skips (PyTorch's and Hugging Face's ignore_index).
 IGNORE_INDEX = -100
@@ -382,6 +395,27 @@ def _weighted_sum(c: _Check, weights: tuple) -> Shape:
     return ()
 
 
+def _row_loss(c: _Check) -> Shape:
+    """(x [..., n], target of x's shape[, mask of x's rows]) -> a scalar: KL_DIV's and COSINE's operands."""
+    if len(c.shapes) not in (2, 3):
+        raise ValueError(f"node {c.node.output!r} ({c.node.op.name}): expected (x, target[, mask]); "
+                         f"got {len(c.shapes)} operands")
+    x = c.shapes[0]
+    if not x:
+        c.fail(0, "at least 1 dimension ([..., n])")
+    if c.shapes[1] != x:
+        c.fail(1, f"{x} (the shape of operand 0)")
+    if len(c.shapes) == 3 and c.shapes[2] != x[:-1]:
+        c.fail(2, f"{x[:-1]} (one mask entry per row of operand 0)")
+    return ()
+
+
+def _kl_div(c: _Check, temperature: float) -> Shape:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"node {c.node.output!r} (KL_DIV): temperature must be a positive number; got {temperature!r}")
+    return _row_loss(c)
+
+
 # op -> its shape rule: the operands' shapes (and the node's attrs, as keywords) -> the
 # output's shape. Each rule checks what its op reads and raises a ValueError naming the
 # node and the operand that disagrees.
@@ -403,6 +437,8 @@ SHAPE_RULES: dict[Op, Callable[..., Shape]] = {
     Op.BCE_LOGITS: _same_shape_loss,
     Op.PICK: _pick,
     Op.WEIGHTED_SUM: _weighted_sum,
+    Op.KL_DIV: _kl_div,
+    Op.COSINE: _row_loss,
 }
 
 # The attrs each op takes: its rule's keyword parameters.

@@ -314,6 +314,35 @@ class Model:
         names = self.checkpoint.tensor_names
         return float(outputs["loss"]), {names[k]: run.to_host(g) for k, g in grads.items()}
 
+    # -- loss from text (lucid's get_loss_from_text; the data side of the learning issue) ----------
+
+    def loss_from_text(self, text_a: str, text_b: str | None = None, is_next: bool = True,
+                       mask_prob: float = 0.15, seed: int = 0) -> dict:
+        """The pre-training loss of a text or a pair, as lucid's ``get_loss_from_text``: ``mask_prob`` of
+        the non-special tokens masked by :func:`cbert.train.mask_tokens` (80% mask token, 10% random,
+        10% kept; at least one, seeded by ``seed``) and the masked-LM loss over them; for a pair on a
+        checkpoint with a next-sentence head (BertForPreTraining) also the NSP loss of ``is_next``
+        (label 0: text_b follows text_a, 1: it does not), and ``loss`` is their sum, as the class computes it.
+
+        Returns ``{"loss", "mlm_loss", "nsp_loss", "masked": n}``. ``nsp_loss`` is None for a masked-LM-only
+        checkpoint (BertForMaskedLM, ...) or a single text, and ``loss`` is then ``mlm_loss``."""
+        from .tasks.arguments import flag, string
+        from .train.masking import mask_tokens
+
+        if not self.checkpoint.heads.mlm:
+            raise CheckpointError(f"{self.checkpoint.weights_file}: loss_from_text needs a masked-LM head; this "
+                                  f"checkpoint is a {self.checkpoint.architecture}")
+        text_a = string(text_a, "text_a")
+        text_b = None if text_b is None else string(text_b, "text_b")
+        flag(is_next, "is_next")
+        enc = self.tokenizer(text_a, text_pair=text_b)
+        ids, labels = mask_tokens(enc["input_ids"], self.tokenizer, mask_prob, seed=seed)
+        nsp = text_b is not None and self.checkpoint.heads.nsp
+        out = self.forward(ids, enc["attention_mask"], enc.get("token_type_ids"), labels=labels,
+                           next_sentence_label=[0 if is_next else 1] if nsp else None)
+        return {"loss": out["loss"], "mlm_loss": out["mlm_loss"], "nsp_loss": out["nsp_loss"] if nsp else None,
+                "masked": int((labels != -100).sum())}
+
 
 def _label_outputs(heads, given: dict) -> set[str]:
     """The outputs a loss reads: computed whatever ``outputs`` says, when labels are given."""

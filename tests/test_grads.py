@@ -69,6 +69,11 @@ def _op_cases():
         ("pick", Op.PICK, (normal(2, 3, 2),), dict(index=1), FD_TOL),
         ("weighted_sum", Op.WEIGHTED_SUM, (np.array(normal()), np.array(normal())), dict(weights=(1.0, 0.25)),
          FD_TOL),
+        # distillation (cbert.train.distill): a padded position in each row is left out by the mask
+        ("kl_div_masked", Op.KL_DIV, (normal(2, 4, 5), 2 * normal(2, 4, 5), mask), dict(temperature=2.0), FD_TOL),
+        ("kl_div_rows", Op.KL_DIV, (normal(3, 6), normal(3, 6)), dict(temperature=1.0), FD_TOL),
+        ("cosine_masked", Op.COSINE, (normal(2, 4, 6), normal(2, 4, 6), mask), {}, FD_TOL),
+        ("cosine_rows", Op.COSINE, (normal(3, 5), normal(3, 5)), {}, FD_TOL),
     ]
     return cases
 

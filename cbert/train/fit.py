@@ -365,6 +365,8 @@ class _Run:
              "position_ids": family_of(self.cfg).position_ids(ids, self.cfg)}
         labels, _ = prepare_labels(self.cfg, self.heads, B, S, {k: batch.get(k) for k in self.given})
         x.update(labels)
+        # Float inputs a graph reads beside the tokens (distillation's teacher outputs: cbert.train.distill)
+        x.update({k: batch[k] for k in wanted if k not in x and k in batch})
         if dropout_seed is not None:
             x[DROPOUT_SEED] = np.asarray(dropout_seed, np.int64)
         return {k: x[k] for k in wanted}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import Op
+from . import lowering
 from .lowering import F32, _split_heads, attn_probs, counted, dropout_keep, erf, log_softmax, lora_delta
 
 _SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
@@ -204,6 +205,45 @@ def weighted_sum(ct, inputs, out, weights):
     return tuple(np.asarray(ct * w, ct.dtype) for w in weights)
 
 
+def _scatter_rows(g_rows: np.ndarray, like: np.ndarray, mask) -> np.ndarray:
+    """Cotangents of the selected rows back in ``like``'s shape, zero on the rows a mask left out."""
+    if mask is None:
+        return g_rows.reshape(like.shape)
+    full = np.zeros((int(np.prod(like.shape[:-1])), like.shape[-1]), g_rows.dtype)
+    full[np.asarray(mask).reshape(-1) != 0] = g_rows
+    return full.reshape(like.shape)
+
+
+def kl_div(ct, inputs, out, temperature):
+    """d/dlogits = (q - p) / T; d/dtarget = p (log p - log q - KL) / T; per counted row, over their number."""
+    logits, target, *mask = inputs
+    mask = mask[0] if mask else None
+    rows, log_q, log_p = lowering.kl_rows(lowering.selected_rows(logits, mask), lowering.selected_rows(target, mask),
+                                         temperature)
+    scale = ct / (max(len(rows), 1) * temperature)
+    p = np.exp(log_p)
+    d_logits = (np.exp(log_q) - p) * scale
+    d_target = p * (log_p - log_q - rows[:, None]) * scale
+    grads = (_scatter_rows(d_logits.astype(logits.dtype, copy=False), logits, mask),
+             _scatter_rows(d_target.astype(target.dtype, copy=False), target, mask))
+    return grads + ((None,) if mask is not None else ())
+
+
+def cosine(ct, inputs, out):
+    """d(1 - cos)/dx = -(y / sqrt(ab) - cos x / a), and its mirror for y; over the counted rows' number."""
+    x, y, *mask = inputs
+    mask = mask[0] if mask else None
+    xs, ys = lowering.selected_rows(x, mask), lowering.selected_rows(y, mask)
+    cos, _, a, b = lowering.cosine_rows(xs, ys)
+    scale = -ct / max(len(cos), 1)
+    root = np.sqrt(a * b)[:, None]
+    dx = (ys / root - cos[:, None] * xs / a[:, None]) * scale
+    dy = (xs / root - cos[:, None] * ys / b[:, None]) * scale
+    grads = (_scatter_rows(dx.astype(x.dtype, copy=False), x, mask),
+             _scatter_rows(dy.astype(y.dtype, copy=False), y, mask))
+    return grads + ((None,) if mask is not None else ())
+
+
 # Ops whose backward takes ``needed`` (one bool per operand) and skips the cotangents nobody reads:
 # a frozen weight's [N, K] gradient is never made when only adapters train (LoRA's point).
 NEEDS_NEEDED = frozenset({Op.LINEAR, Op.LORA})
@@ -227,4 +267,6 @@ VJP = {
     Op.BCE_LOGITS: bce_logits,
     Op.PICK: pick,
     Op.WEIGHTED_SUM: weighted_sum,
+    Op.KL_DIV: kl_div,
+    Op.COSINE: cosine,
 }
