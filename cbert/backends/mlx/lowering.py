@@ -458,7 +458,7 @@ TABLE = {
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: lambda p, *arrays, axis: concat(arrays, axis),
     Op.DROPOUT: dropout,
-    Op.LORA: lora,
+    Op.LORA: lambda p, y, x, a, b, scale, offset, activation: lora(p, y, x, a, b, scale, offset, activation),
     Op.CROSS_ENTROPY: cross_entropy,
     Op.MSE: mse,
     Op.BCE_LOGITS: bce_logits,
