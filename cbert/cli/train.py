@@ -129,7 +129,6 @@ def trainer_arguments(args) -> dict:
 def run_train(args) -> int:
     from ..errors import UsageError
     from ..train import fit
-
     from .adapt import lora_settings
 
     lora = lora_settings(args)  # (refuses --lora with distill)
