@@ -122,6 +122,8 @@ def plan_lora(settings: LoraSettings, cfg, graph: Graph, heads: Heads, initializ
                              f"are named {', '.join(ends)} (or give a longer path, e.g. attention.self.query)")
         for m in hit:
             adapted[modules[m]] = (m + LORA_SUFFIXES[0], m + LORA_SUFFIXES[1])
+            hf_module = hf_names[modules[m]][:-len(".weight")]
+            hf_names.update({m + suffix: hf_module + suffix for suffix in LORA_SUFFIXES})
     ordered = {w: adapted[w] for w in graph.params if w in adapted}
     return LoraPlan(replace(settings, targets=tuple(targets)), ordered, hf_names, saved_whole)
 
@@ -194,11 +196,7 @@ class LoraOutput:
 
         names = self.plan.hf_names
         tensors = {}
-        for weight, pair in self.plan.adapted.items():
-            module = names[weight][:-len(".weight")]
-            for name, suffix in zip(pair, LORA_SUFFIXES):
-                tensors[PEFT_PREFIX + module + suffix] = np.ascontiguousarray(params[name], np.float32)
-        for p in self.plan.saved_whole:
+        for p in self.plan.trainable:
             tensors[PEFT_PREFIX + names[p]] = np.ascontiguousarray(params[p], np.float32)
         head = {k: v for k, v in self.output.config_json().items()
                 if k in ("architectures", "id2label", "label2id", "num_labels", "problem_type")}
