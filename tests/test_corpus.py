@@ -248,6 +248,10 @@ def _bad_inputs(tmp: Path) -> dict:
     cases["malformed JSONL"] = (text("e.jsonl", b'{"id": 1, "text": "x"}\n{"id": 2, "text": "y"\n'),
                                 "e.jsonl:2: not valid JSON")
     cases["JSONL float id"] = (text("f.jsonl", b'{"id": 1.5, "text": "x"}\n'), "f.jsonl:1: the id ('id') is float")
+    # Parquet's writers need not check UTF-8: bytes viewed as a string column, as a careless writer leaves them.
+    latin1 = pa.array([b"fine", b"caf\xe9 au lait"], pa.binary()).view(pa.string())
+    cases["non-UTF-8 Parquet"] = (parquet("j.parquet", id=[1, 2], text=latin1),
+                                  "j.parquet: row 2: the text ('text') is not UTF-8")
     cases["non-UTF-8 CSV"] = (text("g.csv", b"id,text\n1,fine\n2,caf\xe9\n"), "g.csv:3: not UTF-8")
     cases["CSV row too short"] = (text("h.csv", b"id,text\n1\n"), "h.csv:2: 1 fields, but the header has 2")
     cases["unknown format"] = (text("notes.txt", b"one note\n"), "notes.txt: unknown format '.txt'")

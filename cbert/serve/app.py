@@ -191,7 +191,7 @@ class _Routes:
         truncate = field.flag(body, "truncate", False)
         field.right_truncation(body)
         field.no_prompts(body)
-        normalize = field.flag(body, "normalize", self.settings.normalize)
+        normalize = field.flag(body, "normalize", None)  # None: the server's default (see Pipeline.embeddings)
         dimensions = field.dimensions(body, self.hidden)
         prep = await self._prepare(texts, "inputs", truncate)
         pooled = await self._compute(request, prep, "pooled")

@@ -67,6 +67,11 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
     return np.where(m > 0, hidden, np.float32(-1e9)).max(-2)
 
 
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows [n, d] scaled to unit length (a zero row stays zero), as sentence-transformers' Normalize does."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), np.float32(1e-12))
+
+
 def embed(model, texts, pooling: str | None = None, normalize: bool | None = None, batch_size=32,
           truncation=False, window_aggregation="mean", stride=None, progress=False) -> np.ndarray:
     """[n, hidden] float32; ``pooling``/``normalize`` None: the model's ``embedding_defaults``."""
@@ -81,6 +86,4 @@ def embed(model, texts, pooling: str | None = None, normalize: bool | None = Non
     outs = run_windows(model, flat, batch_size, ("last_hidden_state",), progress)
     vecs = np.stack([pool(o["last_hidden_state"], o["attention_mask"], pooling) for o in outs])
     result = np.stack([aggregate(vecs[s], window_aggregation) for s in spans]).astype(np.float32)
-    if normalize:
-        result /= np.maximum(np.linalg.norm(result, axis=1, keepdims=True), np.float32(1e-12))
-    return result
+    return l2_normalize(result) if normalize else result
