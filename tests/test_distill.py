@@ -13,22 +13,26 @@ backend_class("mlx")
 
 # isort: split
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from conftest import assert_close, write_checkpoint
 from safetensors import safe_open
 from test_grads import exact_embedding_grads
+from test_train_fit import tiny_data  # noqa: F401 (the fixture: tiny seq-cls train and dev files)
 
 import cbert
 from cbert.adapt.student import init_student, teacher_layers
 from cbert.backends import get_backend
 from cbert.backends.numpy.lowering import TABLE
 from cbert.backends.numpy.vjp import VJP
+from cbert.cli import main
 from cbert.families import build_graph
 from cbert.ir import IGNORE_INDEX, Op
 from cbert.tools.parity import scaled_max_abs_error
-from cbert.train.distill import TEACHER_HIDDEN, TEACHER_LOGITS, distillation_graph
+from cbert.train.distill import TEACHER_HIDDEN, TEACHER_LOGITS, distill, distillation_graph
 
 TINY = dict(hidden_size=48, num_attention_heads=3, num_hidden_layers=4, intermediate_size=37, vocab_size=97,
             max_position_embeddings=40)
@@ -55,7 +59,12 @@ def teachers(tmp_path_factory):
         if name not in cache:
             folder = str(tmp_path_factory.mktemp(f"teacher_{name}"))
             cls_name, kwargs = TEACHERS[name]
-            cache[name] = (folder, write_checkpoint(folder, cls_name, kwargs, seed=3))
+            model = write_checkpoint(folder, cls_name, kwargs, seed=3)
+            if name == "seq_cls":  # a confident classifier (random init gives near-uniform probabilities)
+                with torch.no_grad():
+                    model.classifier.weight.mul_(40.0)
+                model.save_pretrained(folder, safe_serialization=True)
+            cache[name] = (folder, model)
         return cache[name]
 
     return get
@@ -279,3 +288,170 @@ def test_distillation_graph_loss_and_gradients_equal_torch_autograd(teachers, tm
         ref = torch_grads.get("distilbert." + name, torch_grads.get(name))
         err = scaled_max_abs_error(exe.to_host(g), ref.numpy())
         assert err <= 1e-4, f"d loss / d {name}: scaled max abs error {err:.3g}"
+
+
+# -- distill: runs on tiny checkpoints -------------------------------------------------------------------
+
+FAST = dict(lr=2e-3, batch_size=8, backend="numpy", seed=1, log=lambda record: None)
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _mean_kl(teacher: str, student, texts: list[str], temperature: float = 1.0) -> float:
+    """The mean KL(teacher || student) of the classifiers' probabilities over ``texts``."""
+    t, s = cbert.load(teacher, backend="numpy"), cbert.load(student, backend="numpy")
+    batch = t.tokenizer(texts)
+    zt = t.forward(**batch).logits / temperature
+    zs = s.forward(batch["input_ids"], batch["attention_mask"]).logits / temperature
+    log_p = zt - np.log(np.exp(zt - zt.max(-1, keepdims=True)).sum(-1, keepdims=True)) - zt.max(-1, keepdims=True)
+    log_q = zs - np.log(np.exp(zs - zs.max(-1, keepdims=True)).sum(-1, keepdims=True)) - zs.max(-1, keepdims=True)
+    return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean())
+
+
+def test_distill_brings_a_classifier_student_to_its_teacher(teachers, tiny_data, tmp_path):  # noqa: F811
+    import transformers
+
+    folder, _ = teachers("seq_cls")
+    train, dev = tiny_data
+    texts = [json.loads(line)["text"] for line in train.read_text().splitlines()]
+    runs = {}
+    for cached in (False, True):
+        out = tmp_path / f"run_cached{cached}"
+        summary = distill(folder, train, out, student_layers=2, student_family="distilbert", eval_file=dev,
+                          epochs=4, alpha_mlm=0.0, cache_teacher=cached, **FAST)
+        assert summary["architecture"] == "DistilBertForSequenceClassification" and summary["steps"] == 24
+        runs[cached] = [r["loss"] for r in _log(out) if "loss" in r]
+    # The cache holds what the teacher computes (on batches of other lengths: equal to float32 rounding)
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+    out = tmp_path / "run_cachedTrue"
+    assert (out / "teacher-cache" / "meta.json").is_file() and (out / "student-init" / "config.json").is_file()
+    before, after = _mean_kl(folder, out / "student-init", texts), _mean_kl(folder, out, texts)
+    assert after < 0.5 * before, (before, after)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(out)
+    assert hf.config.id2label == LABELS and hf.config.n_layers == 2
+    batch = cbert.load(out, backend="numpy").tokenizer(texts[:4])
+    with torch.no_grad():
+        want = hf(torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"]))
+    got = cbert.load(out, backend="numpy").forward(batch["input_ids"], batch["attention_mask"]).logits
+    assert_close(got, want.logits.numpy(), "the distilled student's logits")
+
+
+def test_the_teacher_runs_on_every_backend_with_the_same_targets(teachers, tiny_data, tmp_path):  # noqa: F811
+    """One step with the teacher on numpy, MLX and wgpu: the same loss (the student trains on numpy)."""
+    folder, _ = teachers("seq_cls")
+    train, _ = tiny_data
+    first = {}
+    for backend in ("numpy", "mlx", "wgpu"):
+        out = tmp_path / backend
+        distill(folder, train, out, student_layers=1, teacher_backend=backend, max_steps=1, **FAST)
+        first[backend] = _log(out)[-2]["loss"]
+    assert first["mlx"] == pytest.approx(first["numpy"], rel=1e-5)
+    assert first["wgpu"] == pytest.approx(first["numpy"], rel=1e-5)
+
+
+def test_masked_lm_distillation_into_distilbert_and_from_unlabeled_text(teachers, tmp_path):
+    folder, _ = teachers("mlm")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n".join(["the patient denies chest pain and fever", "given iv lasix for heart failure",
+                                "copd admitted with cough", "no pain on discharge"] * 4) + "\n")
+    out = tmp_path / "mlm"
+    summary = distill(folder, notes, out, student_family="distilbert", eval_file=notes, epochs=2, **FAST)
+    assert summary["architecture"] == "DistilBertForMaskedLM" and np.isfinite(summary["metrics"]["perplexity"])
+    settings = json.loads((out / "cbert-run.json").read_text())["settings"]
+    assert settings["student_layers"] == [0, 2] and settings["temperature"] == 2.0 and settings["alpha_ce"] == 5.0
+    assert cbert.load(out, backend="numpy").config.num_hidden_layers == 2
+    # A classifier teacher labels plain texts: no labels, no hard term, the soft targets alone
+    folder, _ = teachers("token_cls")
+    out = tmp_path / "unlabeled"
+    distill(folder, notes, out, student_layers=[0, 3], max_steps=2, **FAST)
+    messages = [r["message"] for r in _log(out) if "message" in r]
+    assert any("has no labels: the loss has no hard term" in m for m in messages), messages
+
+
+# -- the command line and bad inputs ------------------------------------------------------------------
+
+def _one_line_error(capsys, argv: list[str], message: str) -> None:
+    capsys.readouterr()  # what the fixtures printed (transformers' progress bars)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_cbert_train_distill_runs(capsys, teachers, tiny_data, tmp_path):  # noqa: F811
+    folder, _ = teachers("seq_cls")
+    train, dev = tiny_data
+    out = tmp_path / "run"
+    code = main(["train", "distill", "--teacher", folder, "--train", str(train), "--eval", str(dev), "--out", str(out),
+                 "--student-layers", "0,2", "--temperature", "3", "--alpha-cos", "0", "--cache-teacher",
+                 "--backend", "numpy", "--epochs", "1", "--batch-size", "8"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["architecture"] == "BertForSequenceClassification" and "accuracy" in summary["metrics"]
+    assert "teacher layers [0, 2]" in captured.err
+    settings = json.loads((out / "cbert-run.json").read_text())["settings"]
+    assert settings["temperature"] == 3.0 and settings["alpha_cos"] == 0.0 and settings["cache_teacher"]
+    # resuming with another loss is refused, naming the setting
+    _one_line_error(capsys, ["train", "distill", "--teacher", folder, "--train", str(train), "--out", str(out),
+                             "--student-layers", "0,2", "--temperature", "2", "--alpha-cos", "0", "--resume"],
+                    "--resume: temperature = 2.0 differs from the run's 3.0")
+
+
+@pytest.fixture(scope="module")
+def strangers(tmp_path_factory):
+    """A wider BERT and one with another vocabulary, as would-be students of the tiny teachers."""
+    wide = str(tmp_path_factory.mktemp("wide"))
+    write_checkpoint(wide, "BertForMaskedLM", {**TINY, "hidden_size": 60, "num_attention_heads": 3,
+                                               "num_hidden_layers": 1})
+    other = str(tmp_path_factory.mktemp("other_vocab"))
+    write_checkpoint(other, "BertForMaskedLM", {**TINY, "num_hidden_layers": 1})
+    words = (other + "/vocab.txt")
+    lines = open(words).read().splitlines()
+    lines[20], lines[21] = lines[21], lines[20]  # the same size, two tokens swapped
+    open(words, "w").write("\n".join(lines) + "\n")
+    return wide, other
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--student", "{wide}"], "the student is wider than its teacher (hidden_size 60 > 48"),
+    (["--student", "{other}"], "token id 20 is"),
+    (["--student-layers", "5"], "student_layers=5: expected 1 to 4"),
+    (["--student-layers", "0,9"], "student_layers=[0, 9]: expected a number of layers (1 to 4) or a list"),
+    (["--student", "{wide}", "--student-layers", "2"], "student_dir and student_layers: give one"),
+    (["--temperature", "0"], "temperature=0.0: expected a positive number"),
+    (["--alpha-ce", "-1"], "alpha_ce=-1.0: expected a non-negative weight"),
+    (["--alpha-ce", "0", "--alpha-mlm", "0", "--alpha-cos", "0"], "alpha_ce, alpha_mlm and alpha_cos are all 0"),
+    (["--cache-teacher"], "cache_teacher: masked-LM batches are masked anew"),
+    (["--model", "{wide}"], "--model is for the other tasks; give --teacher"),
+    (["--eval", "{notes}"], None),  # a masked-LM teacher evaluates on text: not an error
+])
+def test_bad_students_and_settings_are_one_line(capsys, teachers, strangers, tmp_path, extra, message):
+    folder, _ = teachers("mlm")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the patient denies chest pain\n")
+    wide, other = strangers
+    extra = [e.format(wide=wide, other=other, notes=notes) for e in extra]
+    out = tmp_path / "out"
+    argv = ["train", "distill", "--teacher", folder, "--train", str(notes), "--out", str(out), "--backend", "numpy",
+            "--max-steps", "1", *extra]
+    if message is None:
+        assert main(argv) == 0, capsys.readouterr().err
+        return
+    _one_line_error(capsys, argv, message)
+    assert not out.exists()
+
+
+def test_distill_options_belong_to_distill(capsys, teachers, tmp_path):
+    folder, _ = teachers("seq_cls")
+    _one_line_error(capsys, ["train", "seq-cls", "--model", folder, "--train", "t.jsonl", "--out", str(tmp_path / "o"),
+                             "--teacher", folder], "--teacher is an option of cbert train distill")
+    _one_line_error(capsys, ["train", "seq-cls", "--train", "t.jsonl", "--out", str(tmp_path / "o")],
+                    "cbert train seq-cls: --model DIR is required")
+    _one_line_error(capsys, ["train", "distill", "--train", "t.jsonl", "--out", str(tmp_path / "o")],
+                    "--teacher DIR is required")
+    _one_line_error(capsys, ["train", "distill", "--teacher", folder, "--train", "t.txt", "--eval", "t.txt",
+                             "--out", str(tmp_path / "o")], "no such file")
