@@ -455,3 +455,25 @@ def test_distill_options_belong_to_distill(capsys, teachers, tmp_path):
                     "--teacher DIR is required")
     _one_line_error(capsys, ["train", "distill", "--teacher", folder, "--train", "t.txt", "--eval", "t.txt",
                              "--out", str(tmp_path / "o")], "no such file")
+
+
+# -- the example: a distilled MiniLM on the assertion data ---------------------------------------------
+
+def test_distill_assertion_example_runs_on_a_slice(tmp_path):
+    """examples/distill_assertion.py --quick: the real MiniLM teacher fine-tuned and distilled on a small
+    slice; its figures are reported (accuracy and speed are the full run's, in the README, not asserted)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "distill_assertion.py"
+    figures = tmp_path / "figures.json"
+    r = subprocess.run([sys.executable, str(example), "--quick", "--json", str(figures)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(figures.read_text())
+    assert result["teacher_layers"] == 6 and result["student_layers"] == 3
+    assert result["student_from_teacher_layers"] == [0, 2, 4] and result["train_rows"] == 64
+    assert 0 <= result["student_accuracy"] <= 1 and 0 <= result["teacher_accuracy"] <= 1
+    assert result["speed"]["sentences"] == 32 and result["speed"]["ratio"] > 0
+    assert "student: 3 layers (the teacher's [0, 2, 4])" in r.stdout and "x faster" in r.stdout
