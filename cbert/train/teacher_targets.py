@@ -10,18 +10,20 @@ are masked anew at every step, so a masked-LM teacher always runs.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..files import read_json, write_atomic
+from ..files import read_json, staged_folder
 from .data import TaskData
+from .save import write_into_new
 
 TEACHER_LOGITS = "teacher_logits"  # runtime inputs of the distillation graph: the teacher's outputs
 TEACHER_HIDDEN = "teacher_hidden"
 CACHE = "teacher-cache"  # OUT/teacher-cache/
+META = "meta.json"  # what the cached outputs were computed from
 
 
 class TeacherTargets:
@@ -34,8 +36,8 @@ class TeacherTargets:
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getattr__(self, name: str):  # label_names, problem_type, lengths, evaluate: the data's own
-        if name == "data":
+    def __getattr__(self, name: str):  # label_names, problem_type, lengths, labeled ...: the data's own
+        if name == "data":  # not set yet (a copy being made): no recursion
             raise AttributeError(name)
         return getattr(self.data, name)
 
@@ -85,64 +87,49 @@ def cache_key(teacher, train_file: Path, data, targets: TeacherTargets) -> dict:
 
 def teacher_cache(folder: Path, targets: TeacherTargets, key: dict, batch_size: int, record) -> dict:
     """The teacher's outputs for every training example, from ``folder`` when it holds them for ``key``,
-    else computed in one pass (longest examples first, ``batch_size`` at a time) and saved there."""
-    meta = folder / "meta.json"
+    else computed in one pass (longest examples first, ``batch_size`` at a time) into memory-mapped
+    tables of a folder built beside ``folder`` and renamed into place (cbert.files.staged_folder)."""
     names = [n for n, on in ((TEACHER_LOGITS, targets.logits is not None), (TEACHER_HIDDEN, targets.hidden)) if on]
-    if meta.is_file() and read_json(meta) == key:
+    if (folder / META).is_file() and read_json(folder / META) == key:
         record({"step": 0, "message": f"teacher outputs read from {folder}"})
-        return _open_cache(folder, names)
+        return open_cache(folder, names)
     data = targets.data
     n = len(data)
     lengths = np.asarray(list(data.lengths()), np.int64)
-    rows = np.concatenate([[0], np.cumsum(lengths)])
+    rows = np.concatenate([[0], np.cumsum(lengths)])  # example i's tokens are rows[i]:rows[i + 1]
     order = np.argsort(-lengths, kind="stable")
-    values: dict[str, np.ndarray] = {}
-    per_token: dict[str, bool] = {}
     record({"step": 0, "message": f"teacher outputs for {n} training examples, kept in {folder}"})
-    done, shown = 0, 0
-    for start in range(0, n, batch_size):
-        indices = order[start:start + batch_size].tolist()
-        batch = data.collate(indices, 0)
-        got = targets.run(batch)
-        mask = np.asarray(batch["attention_mask"]) != 0
-        for name, a in got.items():
-            token_level = a.ndim == 3
-            if name not in values:
-                width = a.shape[-1]
-                values[name] = np.zeros((rows[-1] if token_level else n, width), np.float32)
-                per_token[name] = token_level
-            for r, i in enumerate(indices):
-                if token_level:
-                    kept = a[r][mask[r]]
-                    if len(kept) != lengths[i]:
-                        raise InputError(f"example {i}: {len(kept)} attended tokens, but its length is {lengths[i]}")
-                    values[name][rows[i]:rows[i + 1]] = kept
-                else:
-                    values[name][i] = a[r]
-        done += len(indices)
-        if done == n or done * 10 // n > shown:
-            shown = done * 10 // n
-            record({"step": 0, "message": f"teacher outputs: {done}/{n} examples"})
-    folder.mkdir(exist_ok=True)
-    for name in names:
-        _save_npy(folder / f"{name}.npy", values[name])
-    _save_npy(folder / "rows.npy", rows)
-    flags = (json.dumps(per_token) + "\n").encode()
-    write_atomic(folder / "per_token.json", lambda f: f.write(flags), overwrite=True)
-    text = (json.dumps(key, indent=2) + "\n").encode()
-    write_atomic(meta, lambda f: f.write(text), overwrite=True)  # last: the cache is whole once this names it
-    return {"rows": rows, "values": values, "per_token": per_token}
+    with staged_folder(folder, replace=True, what=f"{folder} (the teacher's outputs)") as tmp:
+        tables, per_token, shown = {}, {}, 0
+        for start in range(0, n, batch_size):
+            indices = order[start:start + batch_size].tolist()
+            for name, a in targets.run(data.collate(indices, 0)).items():
+                if name not in tables:  # [tokens, width] for per-token outputs, [examples, width] otherwise
+                    per_token[name] = a.ndim == 3
+                    shape = (int(rows[-1]) if per_token[name] else n, a.shape[-1])
+                    tables[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.float32, shape)
+                for r, i in enumerate(indices):  # batches are padded on the right (cbert.tasks.windows.pad)
+                    if per_token[name]:
+                        tables[name][rows[i]:rows[i + 1]] = a[r, :lengths[i]]
+                    else:
+                        tables[name][i] = a[r]
+            done = min(start + batch_size, n)
+            if done == n or done * 10 // n > shown:
+                shown = done * 10 // n
+                record({"step": 0, "message": f"teacher outputs: {done}/{n} examples"})
+        for table in tables.values():
+            table.flush()
+        del tables
+        buffer = io.BytesIO()
+        np.save(buffer, rows)
+        write_into_new(tmp, {"rows.npy": buffer.getvalue(), "per_token.json": json.dumps(per_token).encode(),
+                             META: (json.dumps(key, indent=2) + "\n").encode()})
+    return open_cache(folder, names)
 
 
-def _save_npy(path: Path, a: np.ndarray) -> None:
-    write_atomic(path, lambda f: np.save(f, a), overwrite=True)
-
-
-def _open_cache(folder: Path, names: list[str]) -> dict:
+def open_cache(folder: Path, names: list[str]) -> dict:
     return {"rows": np.load(folder / "rows.npy"), "per_token": read_json(folder / "per_token.json"),
             "values": {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}}
-
-
 
 
 class UnlabeledText(TaskData):
