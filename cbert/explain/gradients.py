@@ -89,8 +89,8 @@ def _baseline_ids(subject, w: int, baseline: str) -> np.ndarray:
     return ids[None]
 
 
-def _rows_per_call(grads: _Gradients, seq: int, batch_size: int) -> int:
-    return max(1, min(batch_size, _FLOATS_PER_CALL // max(1, seq * grads.width)))
+def _rows_per_call(grads: _Gradients, seq: int, batch_size: int, points: int) -> int:
+    return max(1, min(batch_size, points, _FLOATS_PER_CALL // max(1, seq * grads.width)))
 
 
 def integrated_gradients(subject, options) -> tuple[np.ndarray, dict]:
@@ -135,7 +135,7 @@ def _path_integral(grads: _Gradients, subject, w: int, x: np.ndarray, b: np.ndar
     seq = x.shape[0]
     nodes, weights = np.polynomial.legendre.leggauss(min(steps, _POINTS_PER_SEGMENT))
     nodes, weights = (nodes + 1) / 2, weights / 2
-    rows = _rows_per_call(grads, seq, subject.batch_size)
+    rows = _rows_per_call(grads, seq, subject.batch_size, 2 * len(nodes))
 
     def f(alpha: float) -> float:
         return grads((b + alpha * (x - b))[None], subject.target.loss_labels(w, 1, seq), grads=False)[0]
@@ -144,12 +144,15 @@ def _path_integral(grads: _Gradients, subject, w: int, x: np.ndarray, b: np.ndar
         """Each segment's [seq, hidden] integral of the gradient, all points batched."""
         alphas = np.concatenate([a + (c - a) * nodes for a, c in segments])
         scale = np.concatenate([(c - a) * weights for a, c in segments])
+        n_points = len(alphas)
+        # Every call gets the same number of rows (the last padded with weight 0): MLX traces once per shape.
+        alphas = np.pad(alphas, (0, -n_points % rows), mode="edge")
         g_all = np.empty((len(alphas), *x.shape))
         for s in range(0, len(alphas), rows):
             a = alphas[s:s + rows]
             g_all[s:s + rows] = grads(b[None] + a[:, None, None] * (x - b)[None],
                                       subject.target.loss_labels(w, len(a), seq))[1]
-        weighted = scale[:, None, None] * g_all
+        weighted = scale[:, None, None] * g_all[:n_points]
         return [weighted[i * len(nodes):(i + 1) * len(nodes)].sum(0) for i in range(len(segments))]
 
     n = max(1, -(-steps // len(nodes)))

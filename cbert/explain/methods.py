@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from ..extras import need
 from .gradients import grad_x_input, integrated_gradients, require_gradients
 from .occlusion import occlusion
 from .rollout import attention_flow, attention_rollout
@@ -27,6 +28,9 @@ METHODS = {
 }
 # What needs no optional package: the methods `cbert explain` runs when none are named.
 CORE_METHODS = ("integrated-gradients", "grad-x-input", "occlusion", "attention-rollout")
+# The optional packages (the `explain` extra) a method imports, and the methods that explain a classifier only.
+METHOD_EXTRAS = {"attention-flow": "networkx", "shap": "shap", "lime": "lime.lime_text"}
+CLASSIFIER_ONLY = ("shap", "lime")
 
 
 @dataclass(frozen=True)
@@ -82,16 +86,23 @@ class Explanation:
                 "words": self.words(), "details": _plain(self.details)}
 
 
-def check_method(model, method: str) -> None:
+def check_method(model, method: str, task: str | None = None) -> None:
+    """That ``method`` exists, runs on the model's backend, has its optional package, and explains ``task``:
+    each a one-line error before any work."""
     if method not in METHODS:
         raise InputError(f"method={method!r} is not an attribution method; choose from {', '.join(METHODS)}")
     if METHODS[method][1]:
         require_gradients(model, method)
+    if method in METHOD_EXTRAS:
+        need(METHOD_EXTRAS[method], f"the {method} method")
+    if task is not None and task != "classify" and method in CLASSIFIER_ONLY:
+        raise InputError(f"{method} explains a classifier's predict_proba (task classify); for {task} use "
+                         f"{', '.join(m for m in METHODS if m not in CLASSIFIER_ONLY)}")
 
 
 def run_method(subject: Subject, method: str, options: Options | None = None) -> Explanation:
     """``method`` on a prepared subject (several methods share one subject and its forwards)."""
-    check_method(subject.model, method)
+    check_method(subject.model, method, subject.task)
     options = options or Options()
     scores, details = METHODS[method][0](subject, options)
     scores = np.asarray(scores, np.float64)

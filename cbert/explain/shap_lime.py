@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
 from ..extras import need
 from ..tasks.classify import class_probabilities
 
@@ -39,10 +38,8 @@ class ShapTokenizer:
         return out
 
 
-def _classifier(subject, method: str):
-    if subject.task != "classify":
-        raise InputError(f"{method} explains a classifier's predict_proba (task classify); for {subject.task} use "
-                         "integrated-gradients, grad-x-input, occlusion, attention-rollout or attention-flow")
+def _classifier(subject):
+    """The subject's predict_proba over texts (run_method has checked the task is classify)."""
     t = subject.target
     return lambda texts: predict_proba(subject.model, list(texts), t.aggregation, subject.stride,
                                        subject.batch_size)
@@ -50,7 +47,7 @@ def _classifier(subject, method: str):
 
 def shap_values(subject, options) -> tuple[np.ndarray, dict]:
     shap = need("shap", "the shap method")
-    f = _classifier(subject, "shap")
+    f = _classifier(subject)
     label = subject.target.label
     masker = shap.maskers.Text(ShapTokenizer(subject.model.tokenizer))
     explainer = shap.explainers.PartitionExplainer(f, masker, output_names=subject.target.labels)
@@ -68,7 +65,7 @@ def shap_values(subject, options) -> tuple[np.ndarray, dict]:
 
 def lime_weights(subject, options) -> tuple[np.ndarray, dict]:
     lime_text = need("lime.lime_text", "the lime method")
-    f = _classifier(subject, "lime")
+    f = _classifier(subject)
     label = subject.target.label
     explainer = lime_text.LimeTextExplainer(class_names=subject.target.labels, bow=False, random_state=options.seed,
                                             mask_string=subject.model.tokenizer.mask_token)
