@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..tasks.classify import class_probabilities
 from ..tasks.run import softmax
 from ..tasks.windows import centrality, split
+from .methods import Options, run_method
 from .shap_lime import predict_proba
+from .subject import make_subject
 
 _WORDLIKE = re.compile(r"\w")
 
@@ -139,3 +142,26 @@ def _apply(text: str, edits) -> str:
     for (start, end), word in sorted(edits, key=lambda e: -e[0][0]):  # right to left: offsets stay valid
         text = text[:start] + word + text[end:]
     return text
+
+
+def counterfactuals_of(subject, options: Options | None = None, target=None, max_edits: int = 2, mlm=None,
+                       occlusion=None) -> dict:
+    """Counterfactuals of the classifier's predicted label on the subject's note, the words ranked by
+    occlusion (reusing ``occlusion`` when it explains that label)."""
+    predicted = int(np.argmax(class_probabilities(subject.model, [subject.text], subject.target.aggregation,
+                                                  subject.stride, subject.batch_size)[0]))
+    if subject.target.label != predicted:
+        subject = make_subject(subject.model, subject.text, "classify", predicted, None, subject.target.aggregation,
+                               subject.stride, subject.batch_size, subject.progress)
+        occlusion = None
+    ranking = occlusion or run_method(subject, "occlusion", options or Options())
+    return find_counterfactuals(subject, ranking.scores, target, max_edits, mlm)
+
+
+
+def counterfactuals(model, text: str, target=None, max_edits: int = 2, mlm=None, aggregation: str = "mean",
+                    stride: int | None = None, batch_size: int = 32) -> list[dict]:
+    """``model.counterfactuals``: the smallest edits of ``text`` that change the classifier's predicted label
+    (to ``target`` when given), each {edits, text, label, probability, original_label, original_probability}."""
+    subject = make_subject(model, text, "classify", None, None, aggregation, stride, batch_size)
+    return counterfactuals_of(subject, target=target, max_edits=max_edits, mlm=mlm)["counterfactuals"]

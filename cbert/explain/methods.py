@@ -83,7 +83,7 @@ class Explanation:
         return {"method": self.method, "task": self.task, "target": self.target, "probability": self.probability,
                 "tokens": [{"token": t, "start": s, "end": e, "score": float(v)}
                            for t, (s, e), v in zip(self.tokens, self.offsets, self.scores)],
-                "words": self.words(), "details": _plain(self.details)}
+                "words": self.words(), "details": as_json(self.details)}
 
 
 def check_method(model, method: str, task: str | None = None) -> None:
@@ -128,12 +128,12 @@ def explain(model, text: str, target=None, task: str | None = None, method: str 
     return run_method(subject, method, opts)
 
 
-def _plain(value):
+def as_json(value):
     """``value`` with numpy scalars and arrays as JSON's numbers and lists."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: as_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [as_json(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):

@@ -10,8 +10,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..tasks.classify import class_probabilities
-from .counterfactuals import find_counterfactuals
-from .methods import CORE_METHODS, METHODS, Options, _plain, check_method, run_method
+from .counterfactuals import counterfactuals_of
+from .methods import CORE_METHODS, METHODS, Options, as_json, check_method, run_method
 from .rollout import attentions, rollout_matrix
 from .sanity import deletion_curve, randomization_test
 from .subject import default_task, make_subject
@@ -87,22 +87,8 @@ def _counterfactuals(subject, explanations, options, wanted, mlm, max_edits) -> 
                               occlusion=explanations.get("occlusion"))
 
 
-def counterfactuals_of(subject, options: Options | None = None, target=None, max_edits: int = 2, mlm=None,
-                       occlusion=None) -> dict:
-    """Counterfactuals of the classifier's predicted label on the subject's note, the words ranked by
-    occlusion (reusing ``occlusion`` when it explains that label)."""
-    predicted = int(np.argmax(class_probabilities(subject.model, [subject.text], subject.target.aggregation,
-                                                  subject.stride, subject.batch_size)[0]))
-    if subject.target.label != predicted:
-        subject = make_subject(subject.model, subject.text, "classify", predicted, None, subject.target.aggregation,
-                               subject.stride, subject.batch_size, subject.progress)
-        occlusion = None
-    ranking = occlusion or run_method(subject, "occlusion", options or Options())
-    return find_counterfactuals(subject, ranking.scores, target, max_edits, mlm)
-
-
 def report_json(report: dict) -> dict:
     """The report as JSON holds it: the numbers of every method, without the attention maps."""
     plain = {k: v for k, v in report.items() if k != "attention"}
     plain["attention"] = {k: v for k, v in report["attention"].items() if k not in ("maps", "rollout")}
-    return _plain(plain)
+    return as_json(plain)

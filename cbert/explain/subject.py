@@ -94,7 +94,7 @@ class Subject:
         masked = np.asarray(masked, bool)
         per_window = np.empty((len(self.target.windows), len(masked)))
         total = sum(len(np.unique(masked[:, self._positions(w)], axis=0)) for w in self.target.windows)
-        done = 0
+        done, show = 0, self.progress and total > self.batch_size  # a bar only for more than one batch
         for k, w in enumerate(self.target.windows):
             # Only the variants that differ inside this window need a forward of it.
             unique, back = np.unique(masked[:, self._positions(w)], axis=0, return_inverse=True)
@@ -105,10 +105,10 @@ class Subject:
                 probs[s:s + self.batch_size] = self.target.probabilities(
                     self.model, self.window_batch(w, full[s:s + self.batch_size]), w)
                 done += min(self.batch_size, len(unique) - s)
-                if self.progress:
+                if show:
                     print(f"\r{done}/{total} forwards", end="", file=sys.stderr, flush=True)
             per_window[k] = probs[back.reshape(-1)]
-        if self.progress:
+        if show:
             print(file=sys.stderr)
         return self.target.combine(per_window)
 
