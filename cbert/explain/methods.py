@@ -14,7 +14,7 @@ from .gradients import grad_x_input, integrated_gradients, require_gradients
 from .occlusion import occlusion
 from .rollout import attention_flow, attention_rollout
 from .shap_lime import lime_weights, shap_values
-from .subject import Subject, make_subject
+from .subject import Subject, default_task, make_subject
 
 # name -> (function(subject, options) -> (scores per token, details), needs gradients)
 METHODS = {
@@ -93,11 +93,11 @@ def check_method(model, method: str, task: str | None = None) -> None:
         raise InputError(f"method={method!r} is not an attribution method; choose from {', '.join(METHODS)}")
     if METHODS[method][1]:
         require_gradients(model, method)
-    if method in METHOD_EXTRAS:
-        need(METHOD_EXTRAS[method], f"the {method} method")
     if task is not None and task != "classify" and method in CLASSIFIER_ONLY:
         raise InputError(f"{method} explains a classifier's predict_proba (task classify); for {task} use "
                          f"{', '.join(m for m in METHODS if m not in CLASSIFIER_ONLY)}")
+    if method in METHOD_EXTRAS:
+        need(METHOD_EXTRAS[method], f"the {method} method")
 
 
 def run_method(subject: Subject, method: str, options: Options | None = None) -> Explanation:
@@ -118,7 +118,8 @@ def explain(model, text: str, target=None, task: str | None = None, method: str 
             batch_size: int = 32, progress: bool = False, **options) -> Explanation:
     """Attributions of ``model``'s prediction on ``text`` by ``method`` (see METHODS); ``options``:
     the fields of :class:`Options` (steps, baseline, seed, shap_evals, lime_samples)."""
-    check_method(model, method)  # before any forward: a method this backend cannot run fails at once
+    task = default_task(model) if task is None else task
+    check_method(model, method, task)  # before any forward: a method this backend cannot run fails at once
     unknown = sorted(set(options) - set(Options.__dataclass_fields__))
     if unknown:
         raise InputError(f"explain() got an unknown option {unknown[0]!r}; options: "

@@ -29,8 +29,9 @@ def chromium_path() -> str:
                      "apt-get install chromium) or set CBERT_CHROMIUM to its path")
 
 
-def screenshot(html_file: str | Path, width: int = 1400) -> tuple[bytes, list[str]]:
-    """(the full page as PNG bytes, the URLs it tried to fetch beyond its own file, all refused)."""
+def screenshot(html_file: str | Path, width: int = 1400, inspect=None) -> tuple[bytes, list[str]]:
+    """(the full page as PNG bytes, the URLs it tried to fetch beyond its own file, all refused).
+    ``inspect(page)``, when given, is called with the loaded Playwright page before the screenshot."""
     sync_api = need("playwright.sync_api", "--png (a screenshot of the page)")
     url = Path(html_file).absolute().as_uri()
     refused: list[str] = []
@@ -50,6 +51,8 @@ def screenshot(html_file: str | Path, width: int = 1400) -> tuple[bytes, list[st
             page = browser.new_page(viewport={"width": width, "height": 900})
             page.route("**/*", route)
             page.goto(url, wait_until="load")
+            if inspect is not None:
+                inspect(page)
             png = page.screenshot(full_page=True)
         finally:
             browser.close()
