@@ -19,6 +19,11 @@ T = TypeVar("T")
 # for padding), then multiples of 64 up to the model's maximum, which is always a bucket.
 FINE_STEP, FINE_LIMIT, COARSE_STEP = 16, 128, 64
 
+# A forward's fixed cost (reading every weight once, launching each op) counted in padded tokens:
+# the server's default ``forward_tokens``. Measured with ``benchmarks/bench_serve.py --engine-only``
+# (all-MiniLM-L6-v2 on numpy, one BLAS thread): 32 packed fastest of 0, 32, 64, 128 and "budget only".
+FORWARD_COST_TOKENS = 32
+
 
 def seq_buckets(max_len: int) -> tuple[int, ...]:
     """Every padded sequence length for a model of ``max_len`` positions, ascending."""

@@ -46,7 +46,7 @@ def add_corpus_parser(sub) -> None:
     c.add_argument("--ray", default="auto", metavar="auto|local|none|ADDRESS", help=(
         "auto (default): Ray when installed, on the cluster at RAY_ADDRESS or a local runtime started here, else "
         "this process; local: a local Ray runtime; none: this process only; ADDRESS: that Ray cluster "
-        "(IN and OUT must then be paths every node reads and writes)"))
+        "(its nodes need cbert and the model folder; only this process reads IN and writes OUT)"))
     c.add_argument("--workers", type=int, default=None,
                    help="Ray actors embedding in parallel, each loading the model once (default: one per CPU)")
     c.add_argument("--batch-size", type=int, default=32, help="windows per forward")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..batching import plan_batches, seq_buckets
+from ..batching import FORWARD_COST_TOKENS, plan_batches, seq_buckets
 from ..tasks import pool
 from ..tasks.windows import Window, pad
 from .metrics import Metrics
@@ -55,7 +55,8 @@ class _Item:
 
 class Engine:
     def __init__(self, model, pooling: str, max_batch_tokens: int, max_queue: int, metrics: Metrics,
-                 batch_across_requests: bool = True, max_batch_size: int | None = None, forward_tokens: int = 32):
+                 batch_across_requests: bool = True, max_batch_size: int | None = None,
+                 forward_tokens: int = FORWARD_COST_TOKENS):
         self.model = model
         self.pooling = pooling
         self.max_batch_tokens = max_batch_tokens
