@@ -27,6 +27,11 @@ DROPOUT      inputs (x, dropout_seed [] int); attrs rate, salt. Training only (a
              inference has none): x * keep / (1 - rate), keep ~ Bernoulli(1 - rate) drawn from
              (seed, salt), so a backward pass redraws the same mask. Each backend has its own
              generator; a seed repeats a run on one backend, not across backends.
+LORA         inputs (y [..., M], x [..., K], a [r, K], b [N, r]); attrs scale, offset, activation.
+             act(y + scale * (x a^T) b^T), the low-rank term added to columns offset..offset+N of y:
+             a LoRA adapter's path beside the LINEAR that made y (activation "none") from x, offset
+             placing it in a fused Q/K/V output. Training only: inference merges the adapter into
+             the weight at load (cbert.checkpoint.adapter).
 
 Losses (Hugging Face's definitions; each gives a scalar [] float; see :mod:`cbert.losses`):
 
@@ -73,6 +78,7 @@ class Op(Enum):
     FIRST_TOKEN = "first_token"
     CONCAT = "concat"
     DROPOUT = "dropout"
+    LORA = "lora"
     CROSS_ENTROPY = "cross_entropy"
     MSE = "mse"
     BCE_LOGITS = "bce_logits"
@@ -84,7 +90,7 @@ class Op(Enum):
 
 # Ops only a training graph holds (cbert.losses adds them): a forward computes its loss on the host
 # over the logits it returned, so only the numpy reference and gradient executors lower these.
-TRAINING_OPS = frozenset({Op.DROPOUT, Op.CROSS_ENTROPY, Op.MSE, Op.BCE_LOGITS, Op.PICK, Op.WEIGHTED_SUM,
+TRAINING_OPS = frozenset({Op.DROPOUT, Op.LORA, Op.CROSS_ENTROPY, Op.MSE, Op.BCE_LOGITS, Op.PICK, Op.WEIGHTED_SUM,
                           Op.KL_DIV, Op.COSINE})
 
 # The label value CROSS_ENTROPY skips (PyTorch's and Hugging Face's ignore_index).
@@ -335,6 +341,27 @@ def _dropout(c: _Check, rate: float, salt: int) -> Shape:
     return c.shapes[0]
 
 
+def _lora(c: _Check, scale: float, offset: int, activation: str) -> Shape:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"node {c.node.output!r} (LORA): activation {activation!r} is not one of {ACTIVATIONS}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"node {c.node.output!r} (LORA): scale must be a number; got {scale!r}")
+    y, x = c.shapes[0], c.shapes[1]
+    if not x:
+        c.fail(1, "at least 1 dimension ([..., K])")
+    if y[:-1] != x[:-1]:
+        c.fail(0, f"{x[:-1]} + (M,) (the rows of operand 1)")
+    r, k = c.rank(2, 2, "[r, K] (lora_A)")
+    if k != x[-1]:
+        c.fail(2, f"({r}, {x[-1]}): its K must equal the last dimension of operand 1")
+    n, _ = c.rank(3, 2, "[N, r] (lora_B)")
+    if c.shapes[3][1] != r:
+        c.fail(3, f"({n}, {r}): its r must equal operand 2's")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + n > y[-1]:
+        c.fail(3, f"at most {y[-1]} - offset {offset!r} rows (columns offset..offset+N of operand 0)")
+    return y
+
+
 def _cross_entropy(c: _Check, reduction: str) -> Shape:
     if reduction not in REDUCTIONS:
         raise ValueError(f"node {c.node.output!r} (CROSS_ENTROPY): reduction {reduction!r} is not one of {REDUCTIONS}")
@@ -404,6 +431,7 @@ SHAPE_RULES: dict[Op, Callable[..., Shape]] = {
     Op.FIRST_TOKEN: _first_token,
     Op.CONCAT: _concat,
     Op.DROPOUT: _dropout,
+    Op.LORA: _lora,
     Op.CROSS_ENTROPY: _cross_entropy,
     Op.MSE: _same_shape_loss,
     Op.BCE_LOGITS: _same_shape_loss,

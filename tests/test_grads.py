@@ -55,6 +55,11 @@ def _op_cases():
         ("concat_columns", Op.CONCAT, (normal(3, 2), normal(3, 5)), dict(axis=1), FD_TOL),
         ("dropout", Op.DROPOUT, (normal(3, 5), np.array(7)), dict(rate=0.3, salt=2), FD_TOL),
         ("dropout_off", Op.DROPOUT, (normal(3, 5), np.array(7)), dict(rate=0.0, salt=0), FD_TOL),
+        # LoRA's path: over a whole output (an activation after it) and over a part of a fused one
+        ("lora_gelu", Op.LORA, (normal(2, 3, 5), normal(2, 3, 4), normal(2, 4), normal(5, 2)),
+         dict(scale=1.5, offset=0, activation="gelu"), GELU_TOL),
+        ("lora_part", Op.LORA, (normal(2, 3, 9), normal(2, 3, 4), normal(3, 4), normal(5, 3)),
+         dict(scale=0.5, offset=2, activation="none"), FD_TOL),
         ("cross_entropy_mean", Op.CROSS_ENTROPY, (normal(2, 5, 4), labels), dict(reduction="mean"), FD_TOL),
         ("cross_entropy_sum", Op.CROSS_ENTROPY, (normal(2, 5, 4), labels), dict(reduction="sum"), FD_TOL),
         ("cross_entropy_none_counted", Op.CROSS_ENTROPY, (normal(3, 4), np.full(3, IGNORE_INDEX)),

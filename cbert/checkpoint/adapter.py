@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError
+from ..errors import InputError
 from ..families import build_graph, family_of
 from ..files import read_json
 from ..ir import Graph, Op

@@ -52,6 +52,9 @@ def add_train_parser(sub) -> None:
     sp.add_argument("--early-stopping", type=int, default=None, metavar="N",
                     help="stop after N evaluations without improvement (needs --eval)")
     add_distill_options(sp)
+    from .adapt import add_lora_options
+
+    add_lora_options(sp)
     sp.set_defaults(func=run_train)
 
 
@@ -127,7 +130,9 @@ def trainer_arguments(args) -> dict:
 def run_train(args) -> int:
     from ..errors import UsageError
     from ..train import fit
+    from .adapt import lora_settings
 
+    lora = lora_settings(args)  # (refuses --lora with distill)
     if args.task == "distill":
         return run_distill(args)
     given = [f"--{k.replace('_', '-')}" for k in DISTILL_ONLY if getattr(args, k) not in (None, False)]
@@ -136,6 +141,6 @@ def run_train(args) -> int:
     if args.model is None:
         raise UsageError(f"cbert train {args.task}: --model DIR is required (the checkpoint to start from)")
 
-    summary = fit(args.task, args.model, args.train, args.out, **trainer_arguments(args))
+    summary = fit(args.task, args.model, args.train, args.out, **trainer_arguments(args), lora=lora)
     print(json.dumps(summary))
     return 0

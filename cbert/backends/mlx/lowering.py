@@ -385,6 +385,21 @@ def dropout(p: Precision, x: mx.array, seed: mx.array, rate: float, salt: int) -
     return _store(p, mx.where(keep, _f32(x) * (1.0 / (1.0 - rate)), 0.0))
 
 
+def lora(p: Precision, y: mx.array, x: mx.array, a: mx.array, b: mx.array, scale: float, offset: int,
+         activation_name: str) -> mx.array:
+    """act(y + scale (x a^T) b^T on columns offset..offset+N): a LoRA adapter's path (cbert.ir)."""
+    *lead, k = x.shape
+    m, n = y.shape[-1], b.shape[0]
+    x2 = x.reshape(-1, k).astype(p.gemm)
+    delta = (x2 @ a.astype(p.gemm).T) @ b.astype(p.gemm).T * scale
+    z = _f32(y.reshape(-1, m))
+    if n == m:
+        z = z + _f32(delta)
+    else:  # a part of a fused Q/K/V output
+        z = mx.concatenate([z[:, :offset], z[:, offset:offset + n] + _f32(delta), z[:, offset + n:]], axis=1)
+    return _store(p, activation(z, activation_name, p.cpu).reshape(*lead, m))
+
+
 def cross_entropy(p: Precision, logits: mx.array, labels: mx.array, reduction: str) -> mx.array:
     logits = _f32(logits)
     keep = labels != IGNORE_INDEX
@@ -443,6 +458,7 @@ TABLE = {
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: lambda p, *arrays, axis: concat(arrays, axis),
     Op.DROPOUT: dropout,
+    Op.LORA: lambda p, y, x, a, b, scale, offset, activation: lora(p, y, x, a, b, scale, offset, activation),
     Op.CROSS_ENTROPY: cross_entropy,
     Op.MSE: mse,
     Op.BCE_LOGITS: bce_logits,

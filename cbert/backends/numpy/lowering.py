@@ -136,6 +136,17 @@ def linear(x, w, b, activation_name="none"):
     return activation(y, activation_name, bias=b).reshape(*x.shape[:-1], w.shape[0])
 
 
+def lora_delta(x, a, b, scale) -> np.ndarray:
+    """scale * (x a^T) b^T over the rows of x: [rows, N]."""
+    return (x.reshape(-1, x.shape[-1]) @ a.T) @ (b.T * x.dtype.type(scale))
+
+
+def lora(y, x, a, b, scale, offset, activation_name):
+    z = np.array(y, copy=True).reshape(-1, y.shape[-1])
+    z[:, offset:offset + b.shape[0]] += lora_delta(x, a, b, scale)
+    return activation(z, activation_name).reshape(y.shape)
+
+
 def _split_heads(qkv: np.ndarray, heads: int):
     B, S, H3 = qkv.shape
     d = H3 // 3 // heads
@@ -286,6 +297,7 @@ TABLE = {
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: lambda *arrays, axis: concat(arrays, axis),
     Op.DROPOUT: dropout,
+    Op.LORA: lambda y, x, a, b, scale, offset, activation: lora(y, x, a, b, scale, offset, activation),
     Op.CROSS_ENTROPY: cross_entropy,
     Op.MSE: mse,
     Op.BCE_LOGITS: bce_logits,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...ir import Op
 from . import lowering
-from .lowering import F32, _split_heads, attn_probs, counted, dropout_keep, erf, log_softmax
+from .lowering import F32, _split_heads, attn_probs, counted, dropout_keep, erf, log_softmax, lora_delta
 
 _SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
@@ -51,15 +51,16 @@ def mask_bias(ct, inputs, out):
     return (None,)
 
 
-def _activation_grad(x, w, b, y, name):
-    """d act(z) / dz at z = x w^T + b; the forward's output ``y`` serves where it is enough."""
+def _activation_grad(pre, y, name):
+    """d act(z) / dz at z = ``pre()`` (the op's pre-activation, recomputed only where needed); the
+    forward's output ``y`` serves where it is enough."""
     if name == "none":
         return None
     if name == "relu":
         return y > 0
     if name == "tanh":
         return 1 - y * y
-    z = (_rows(x) @ w.T + b).reshape(y.shape)
+    z = pre()
     if name == "gelu":  # Phi(z) + z phi(z), Phi the normal CDF and phi its density
         return 0.5 * (1 + erf(z * _SQRT_HALF)) + z * np.exp(-0.5 * z * z) * _INV_SQRT_2PI
     if name == "gelu_tanh":
@@ -71,11 +72,32 @@ def _activation_grad(x, w, b, y, name):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def linear(ct, inputs, out, activation):
+def linear(ct, inputs, out, activation, needed=(True, True, True)):
+    """``needed``: which operands a backward reads the cotangent of (see NEEDS_NEEDED)."""
     x, w, b = inputs
-    d = _activation_grad(x, w, b, out, activation)
+    d = _activation_grad(lambda: (_rows(x) @ w.T + b).reshape(out.shape), out, activation)
     dz = _rows(ct if d is None else ct * d).astype(ct.dtype, copy=False)
-    return (dz @ w).reshape(x.shape), dz.T @ _rows(x), dz.sum(0)
+    return ((dz @ w).reshape(x.shape) if needed[0] else None, dz.T @ _rows(x) if needed[1] else None,
+            dz.sum(0) if needed[2] else None)
+
+
+def lora(ct, inputs, out, scale, offset, activation, needed=(True, True, True, True)):
+    y, x, a, b = inputs
+    n = b.shape[0]
+
+    def pre():
+        z = np.array(y, copy=True).reshape(-1, y.shape[-1])
+        z[:, offset:offset + n] += lora_delta(x, a, b, scale)
+        return z.reshape(y.shape)
+
+    d = _activation_grad(pre, out, activation)
+    dz = ct if d is None else ct * d
+    dd = _rows(dz)[:, offset:offset + n]  # the cotangent of the low-rank term
+    x2 = _rows(x)
+    s = x.dtype.type(scale)
+    dt = (dd @ b) * s  # of t = x a^T [rows, r]
+    return (dz if needed[0] else None, (dt @ a).reshape(x.shape) if needed[1] else None,
+            dt.T @ x2 if needed[2] else None, (dd.T @ (x2 @ a.T)) * s if needed[3] else None)
 
 
 def _merge_heads(t: np.ndarray) -> np.ndarray:
@@ -222,6 +244,10 @@ def cosine(ct, inputs, out):
     return grads + ((None,) if mask is not None else ())
 
 
+# Ops whose backward takes ``needed`` (one bool per operand) and skips the cotangents nobody reads:
+# a frozen weight's [N, K] gradient is never made when only adapters train (LoRA's point).
+NEEDS_NEEDED = frozenset({Op.LINEAR, Op.LORA})
+
 # op -> its backward. Attrs arrive as keyword arguments, as in the forward TABLE.
 VJP = {
     Op.EMBED: embed,
@@ -235,6 +261,7 @@ VJP = {
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: concat,
     Op.DROPOUT: dropout,
+    Op.LORA: lora,
     Op.CROSS_ENTROPY: cross_entropy,
     Op.MSE: mse,
     Op.BCE_LOGITS: bce_logits,
