@@ -18,6 +18,7 @@ from conftest import WORDS, assert_close, run_cli
 from test_families import family_checkpoints  # noqa: F401  (the fixture)
 
 import cbert
+from cbert.batching import seq_buckets
 from cbert.cli import main
 from cbert.corpus import embed_corpus, read_output
 from cbert.extras import MissingDependency
@@ -217,6 +218,25 @@ def test_classes_take_any_batch_format(checkpoints):
         Embedder(folder, backend="numpy")(pa.table({"body": texts}))
     with pytest.raises(cbert.InputError, match="row 1 of the batch: the text .* is null"):
         embedder(pa.table({"body": ["a", None]}))
+
+
+def test_embedder_packs_forwards_by_the_token_budget(checkpoints):
+    folder, _ = checkpoints("odd13")
+    texts = _notes(20, seed=5, max_words=60)  # some longer than the model's 40 positions: windows
+    embedder = Embedder(folder, backend="numpy", batch_size=8, max_batch_tokens=96)
+    shapes, forward = [], embedder.model.forward
+
+    def recording(**inputs):
+        shapes.append(inputs["input_ids"].shape)
+        return forward(**inputs)
+
+    embedder.model.forward = recording
+    out = embedder(pa.table({"text": texts}))
+    assert_close(np.array(out.column("vector").to_pylist()), cbert.load(folder, backend="numpy").embed(texts),
+                 "token-budget packing vs model.embed", 1e-5)
+    buckets = seq_buckets(embedder.model.config.max_seq_len)
+    assert all(seq in buckets and rows <= 8 and rows * seq <= 96 for rows, seq in shapes), shapes
+    assert sum(rows for rows, _ in shapes) == sum(out.column("n_windows").to_pylist())
 
 
 def test_without_ray_it_runs_here(tiny_corpus, tmp_path, monkeypatch, capsys):

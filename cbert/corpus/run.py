@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..batching import MAX_BATCH_TOKENS
 from ..errors import UsageError
 from ..extras import MissingDependency, need
 from ..ray import Embedder, require_ray
@@ -26,7 +27,7 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
                  backend: str = "auto", dtype: str = "float32", batch_size: int = 32, stride: int | None = None,
                  window_aggregation: str = "mean", truncation: bool = False, ray: str = "auto",
                  workers: int | None = None, part_rows: int = 1000, overwrite: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, max_batch_tokens: int = MAX_BATCH_TOKENS) -> dict:
     """Embed every row of ``input`` (Parquet, JSONL or CSV: a file or a folder) into Parquet parts in ``output``.
 
     ``ray``: "auto" (Ray when installed: the cluster at RAY_ADDRESS, else a local runtime started here; without
@@ -34,7 +35,8 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
     of the same job resumes: it embeds only the ids no part holds yet. Returns the summary: rows, tokens,
     windows, seconds, tokens_per_s, ...
     """
-    counts = {"batch_size": batch_size, "part_rows": part_rows, "workers": 1 if workers is None else workers}
+    counts = {"batch_size": batch_size, "part_rows": part_rows, "workers": 1 if workers is None else workers,
+              "max_batch_tokens": max_batch_tokens}
     for name, value in counts.items():
         if not isinstance(value, int) or value < 1:
             raise UsageError(f"{name}={value!r}; expected a positive integer")
@@ -52,7 +54,8 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
     done = done_ids(output, id_column, corpus.ids)
     embedder_kwargs = dict(model=model, backend=backend, dtype=dtype, pooling=pooling, normalize=normalize,
                            text_column=text_column, batch_size=batch_size, stride=stride,
-                           window_aggregation=window_aggregation, truncation=truncation)
+                           window_aggregation=window_aggregation, truncation=truncation,
+                           max_batch_tokens=max_batch_tokens)
     bar = Progress(corpus.n_rows, len(done), enabled=progress)
     pending = corpus.n_rows - len(done)
     ran_on = "this process" if mode is None else "Ray"

@@ -200,12 +200,7 @@ class Engine:
     def _forward(self, windows: list[Window], seq: int, wanted: list[str]) -> list[np.ndarray]:
         """One forward over ``windows`` padded to ``seq``; per window its pooled vector or logits row."""
         tok = self.model.tokenizer
-        batch = pad(windows, tok.pad_token_id)
-        extra = seq - batch["input_ids"].shape[1]
-        if extra:
-            for k, v in batch.items():
-                fill = tok.pad_token_id if k == "input_ids" else 0
-                batch[k] = np.pad(v, ((0, 0), (0, extra)), constant_values=fill)
+        batch = pad(windows, tok.pad_token_id, seq)
         out = self.model.forward(**tok.model_inputs(batch))
         results = []
         for row, (w, kind) in enumerate(zip(windows, wanted)):
