@@ -289,6 +289,32 @@ class Model:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
         return tasks.fill_mask(self, text, top_k)
 
+    # -- explanations (cbert.explain) ------------------------------------------------------------
+
+    def explain(self, text: str, target=None, task: str | None = None, method: str = "integrated-gradients",
+                **kwargs):
+        """Per-token attributions of this model's prediction on ``text`` (``cbert.explain.Explanation``):
+        ``method`` one of ``cbert.explain.METHODS``; ``task`` classify, fill-mask, ner or qa (None: the
+        checkpoint's); ``target`` a label, masked-position token, entity text or answer text (None: the
+        prediction). ``kwargs``: question, aggregation, stride, batch_size, steps, baseline, seed, shap_evals,
+        lime_samples."""
+        from .explain import explain
+
+        return explain(self, text, target, task, method, **kwargs)
+
+    def predict_proba(self, texts, aggregation: str = "mean", stride: int | None = None,
+                      batch_size: int = 32) -> np.ndarray:
+        """[n texts, labels]: a classifier's label probabilities (long notes windowed as ``classify``),
+        the function shap, lime and scikit-learn expect."""
+        return tasks.classify_probabilities(self, texts, aggregation, stride, batch_size)
+
+    def counterfactuals(self, text: str, target=None, max_edits: int = 2, mlm=None, **kwargs) -> list[dict]:
+        """The smallest word substitutions (proposed by this model's masked-LM head, or by ``mlm``, a companion
+        masked-LM checkpoint) that change the predicted label (to ``target`` when given)."""
+        from .explain.counterfactuals import counterfactuals
+
+        return counterfactuals(self, text, target, max_edits, mlm, **kwargs)
+
     # -- gradients (the learning issue: numpy and MLX gradient executors) ---------------------
 
     def loss_and_grads(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,

@@ -1,6 +1,6 @@
 """The training metrics against the libraries people compare with: scikit-learn (accuracy, macro-F1,
-AUROC), seqeval's rules worked by hand (seqeval is not installed here; its documented examples and
-chunking rules), the official SQuAD script's normalization, perplexity."""
+AUROC), seqeval (random tag sequences, and its documented examples and chunking rules worked by hand),
+the official SQuAD script's normalization, perplexity."""
 
 from __future__ import annotations
 
@@ -52,6 +52,22 @@ def test_entities_follow_seqeval():
     s = m.entity_scores([["B-A", "I-A", "O", "B-B"]], [["B-A", "I-A", "B-B", "I-A"]])
     assert (s["precision"], s["recall"], s["f1"]) == (pytest.approx(1 / 3), 0.5, pytest.approx(0.4))
     assert m.entity_scores([["O", "O"]], [["O", "O"]]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 1.0}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_entity_scores_equal_seqeval_on_random_tags(seed):
+    import seqeval.metrics as sq
+
+    rng = np.random.default_rng(seed)
+    tags = ["O", "B-PROB", "I-PROB", "B-TEST", "I-TEST", "E-PROB", "S-TEST"]  # ill-formed runs included
+    true = [list(rng.choice(tags[:5], int(rng.integers(1, 12)))) for _ in range(20)]
+    pred = [[t if rng.random() < 0.7 else str(rng.choice(tags)) for t in s] for s in true]
+    ours = m.entity_scores(true, pred)
+    assert m.get_entities(pred) == sq.sequence_labeling.get_entities(pred)
+    assert ours["precision"] == pytest.approx(sq.precision_score(true, pred))
+    assert ours["recall"] == pytest.approx(sq.recall_score(true, pred))
+    assert ours["f1"] == pytest.approx(sq.f1_score(true, pred))
+    assert ours["accuracy"] == pytest.approx(sq.accuracy_score(true, pred))
 
 
 def test_squad_scores_as_the_official_script():

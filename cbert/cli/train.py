@@ -74,14 +74,14 @@ def add_distill_options(sp) -> None:
                    "(default half the teacher's) or teacher layer indices, comma-separated (0,2,4)")
     g.add_argument("--student-family", choices=["distilbert"], help="initialize a DistilBERT student (a BERT "
                    "teacher); default: the teacher's family")
-    g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="T (default %(default)s)")
-    g.add_argument("--alpha-ce", type=float, default=DEFAULTS["alpha_ce"], help="A, the soft-target KL's weight "
-                   "(default %(default)s)")
-    g.add_argument("--alpha-mlm", type=float, default=DEFAULTS["alpha_mlm"], help="B, the weight of the student's "
-                   "own loss on the data's labels: masked-LM, or a labeled task's (default %(default)s)")
-    g.add_argument("--alpha-cos", type=float, default=DEFAULTS["alpha_cos"], help="C, the hidden-state cosine "
-                   "loss's weight (default %(default)s)")
-    g.add_argument("--teacher-backend", choices=["numpy", "mlx", "wgpu", "auto"], default="numpy",
+    # None by default, so that a distill option given to another task is caught (DISTILL_ONLY)
+    g.add_argument("--temperature", type=float, help=f"T (default {DEFAULTS['temperature']})")
+    g.add_argument("--alpha-ce", type=float, help=f"A, the soft-target KL's weight (default {DEFAULTS['alpha_ce']})")
+    g.add_argument("--alpha-mlm", type=float, help="B, the weight of the student's own loss on the data's labels: "
+                   f"masked-LM, or a labeled task's (default {DEFAULTS['alpha_mlm']})")
+    g.add_argument("--alpha-cos", type=float, help=f"C, the hidden-state cosine loss's weight "
+                   f"(default {DEFAULTS['alpha_cos']})")
+    g.add_argument("--teacher-backend", choices=["numpy", "mlx", "wgpu", "auto"],
                    help="where the teacher's forwards run (default numpy)")
     g.add_argument("--cache-teacher", action="store_true", help="a classifier teacher: compute its outputs once, "
                    "keep them in OUT/teacher-cache/ for every epoch (and --resume)")
@@ -97,7 +97,8 @@ def _layers(text: str):
     return parts if "," in text else parts[0]
 
 
-DISTILL_ONLY = ("teacher", "student", "student_layers", "student_family", "teacher_backend", "cache_teacher")
+LOSS_OPTIONS = ("temperature", "alpha_ce", "alpha_mlm", "alpha_cos", "teacher_backend")
+DISTILL_ONLY = ("teacher", "student", "student_layers", "student_family", *LOSS_OPTIONS, "cache_teacher")
 
 
 def run_distill(args) -> int:
@@ -108,10 +109,10 @@ def run_distill(args) -> int:
         raise UsageError("cbert train distill: --teacher DIR is required (the model to distill)")
     if args.model is not None:
         raise UsageError("cbert train distill: --model is for the other tasks; give --teacher (and --student)")
+    given = {k: getattr(args, k) for k in LOSS_OPTIONS if getattr(args, k) is not None}  # else distill's defaults
     summary = distill(args.teacher, args.train, args.out, student_dir=args.student, student_layers=args.student_layers,
-                      student_family=args.student_family, temperature=args.temperature, alpha_ce=args.alpha_ce,
-                      alpha_mlm=args.alpha_mlm, alpha_cos=args.alpha_cos, teacher_backend=args.teacher_backend,
-                      cache_teacher=args.cache_teacher, **trainer_arguments(args))
+                      student_family=args.student_family, cache_teacher=args.cache_teacher, **given,
+                      **trainer_arguments(args))
     print(json.dumps(summary))
     return 0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..tasks.classify import default_function, probabilities, ranked
+from ..tasks.classify import window_probabilities
 from ..tasks.embed import l2_normalize
 from ..tasks.windows import Window, aggregate, split
 from .inputs import ApiError
@@ -133,9 +133,9 @@ class Pipeline:
     def class_scores(self, logits: list[np.ndarray], prep: Prepared, raw_scores: bool, aggregation: str) -> np.ndarray:
         """[n_inputs, n_labels]: per window softmax (sigmoid for one label or a multi-label
         checkpoint, as model.classify chooses), or the raw logits, aggregated over windows."""
-        windows = np.stack(logits)
-        scores = probabilities(windows, "none" if raw_scores else default_function(self.model, windows.shape[-1]))
+        scores = window_probabilities(self.model, np.stack(logits), "none" if raw_scores else None)
         return np.stack([aggregate(scores[s], aggregation) for s in prep.spans])
 
     def ranked_labels(self, scores: np.ndarray) -> list[dict]:
-        return ranked(scores, self.model.config.labels(len(scores)))
+        labels = self.model.config.labels(len(scores))
+        return [{"label": labels[i], "score": float(scores[i])} for i in np.argsort(-scores, kind="stable")]

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from ..batching import FORWARD_COST_TOKENS, plan_batches
 from ..errors import CheckpointError
 from .windows import Window, pad, split
 
@@ -26,16 +27,25 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def run_windows(model, windows: list[Window], batch_size: int, outputs: tuple[str, ...],
-                progress: bool = False) -> list[dict[str, np.ndarray]]:
-    """Forward every window (batched by length, so padding costs little); per window, unpadded outputs."""
+                progress: bool = False, max_tokens: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Forward every window (batched by length, so padding costs little); per window, unpadded outputs.
+
+    ``max_tokens`` None: ``batch_size`` windows per forward, padded to the longest. Else packed as the
+    server packs them (:func:`cbert.batching.plan_batches`): at most ``max_tokens`` padded tokens and
+    ``batch_size`` windows per forward, rows padded to a sequence bucket."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}; expected a positive integer")
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
+    if max_tokens is None:
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
+        batches = [(order[b:b + batch_size], None) for b in range(0, len(windows), batch_size)]
+    else:
+        plan = plan_batches([len(w.ids) for w in windows], model.config.max_seq_len, max_tokens, batch_size,
+                            FORWARD_COST_TOKENS)
+        batches = [(list(b.indices), b.seq) for b in plan]
     results: list[dict] = [{} for _ in windows]
-    n_batches = (len(windows) + batch_size - 1) // batch_size
-    for b in range(n_batches):
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        batch = model.tokenizer.model_inputs(pad([windows[i] for i in idx], model.tokenizer.pad_token_id))
+    n_batches = len(batches)
+    for b, (idx, seq) in enumerate(batches):
+        batch = model.tokenizer.model_inputs(pad([windows[i] for i in idx], model.tokenizer.pad_token_id, seq))
         out = model.forward(**batch, outputs=outputs)  # no head the task does not read
         for row, i in enumerate(idx):
             n = len(windows[i].ids)

@@ -15,31 +15,33 @@ the optimizer, the run folder, resume and saving are :mod:`.fit`'s.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import InputError
 from ..families import build_graph, family_of
-from ..files import read_json, write_atomic
+from ..files import read_json
 from ..heads import MLM_LOGITS, SEQ_CLS_LOGITS, TOKEN_CLS_LOGITS, Heads
 from ..ir import Graph, Op, node
 from ..losses import dropout_probs, with_dropout, with_losses
 from .fit import Progress, _is_number, _Run, base_label2id, check_settings, fit, initial_params, training_backend
 from .resume import RUN_FILE, prepare_out
 from .save import OutputModel
+from .teacher_targets import (
+    CACHE,
+    TEACHER_HIDDEN,
+    TEACHER_LOGITS,
+    TeacherTargets,
+    cache_key,
+    read_unlabeled,
+    teacher_cache,
+)
 
-TEACHER_LOGITS = "teacher_logits"  # runtime inputs of the distillation graph: the teacher's outputs
-TEACHER_HIDDEN = "teacher_hidden"
 # DistilBERT's (the distillation README's training command): --temperature 2 --alpha_ce 5 --alpha_mlm 2 --alpha_cos 1
 DEFAULTS = dict(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0)
 TASK_LOGITS = {"mlm": MLM_LOGITS, "seq-cls": SEQ_CLS_LOGITS, "token-cls": TOKEN_CLS_LOGITS}
 STUDENT_INIT = "student-init"  # OUT/student-init/: the student as initialized from the teacher
-CACHE = "teacher-cache"
 # Settings a resumed distillation must share with the run it continues (beside fit's SAME_ON_RESUME).
 SAME_ON_RESUME = ("teacher", "student", "student_layers", "student_family", "temperature", "alpha_ce", "alpha_mlm",
                   "alpha_cos")
@@ -75,127 +77,6 @@ def distillation_graph(graph: Graph, heads: Heads, task: str, problem: str | Non
     nodes.append(node(Op.WEIGHTED_SUM, [p for p, _ in parts], "loss", weights=tuple(float(w) for _, w in parts)))
     outputs["loss"] = "loss"
     return Graph(tuple(nodes), tuple(dict.fromkeys(inputs)), outputs, graph.param_shapes)
-
-
-# -- the teacher's outputs ------------------------------------------------------------------------
-
-class TeacherTargets:
-    """The training data (a TaskData of cbert.train.data) with the teacher's outputs in every batch it
-    collates: fit's loop reads them as the distillation graph's runtime inputs."""
-
-    def __init__(self, data, teacher, logits: str | None, hidden: bool, cache: dict | None = None):
-        self.data, self.teacher, self.logits, self.hidden, self.cache = data, teacher, logits, hidden, cache
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getattr__(self, name: str):  # label_names, problem_type, lengths, evaluate: the data's own
-        if name == "data":
-            raise AttributeError(name)
-        return getattr(self.data, name)
-
-    def collate(self, indices, seed: int) -> dict:
-        batch = self.data.collate(indices, seed)
-        batch.update(self.cached(indices, batch) if self.cache is not None else self.run(batch))
-        return batch
-
-    def run(self, batch: dict) -> dict[str, np.ndarray]:
-        """The teacher's forward over ``batch`` (the student's inputs, masked as the student sees them)."""
-        t = self.teacher
-        types = batch.get("token_type_ids") if t.config.type_vocab_size > 0 else None
-        wanted = tuple(n for n, on in ((self.logits, self.logits is not None), ("last_hidden_state", self.hidden))
-                       if on)
-        out = t.forward(batch["input_ids"], batch["attention_mask"], types, outputs=wanted)
-        got = {}
-        if self.logits is not None:
-            got[TEACHER_LOGITS] = np.asarray(out[self.logits], np.float32)
-        if self.hidden:
-            got[TEACHER_HIDDEN] = np.asarray(out["last_hidden_state"], np.float32)
-        return got
-
-    def cached(self, indices, batch: dict) -> dict[str, np.ndarray]:
-        """The cached outputs of ``indices``, padded as ``batch`` is (zeros past each row's length)."""
-        rows, got = self.cache["rows"], {}
-        for name, table in self.cache["values"].items():
-            if not self.cache["per_token"][name]:  # a classifier's logits: one row per example
-                got[name] = np.asarray(table[list(indices)], np.float32)
-                continue
-            out = np.zeros((len(indices), batch["input_ids"].shape[1], table.shape[-1]), np.float32)
-            for r, i in enumerate(indices):
-                part = table[rows[i]:rows[i + 1]]
-                out[r, :len(part)] = part
-            got[name] = out
-        return got
-
-
-def _cache_key(teacher, train_file: Path, data, targets: TeacherTargets) -> dict:
-    """What the cached outputs depend on: the teacher's weights, the data file, the examples, the outputs."""
-    weights = Path(teacher.checkpoint.weights_file).stat()
-    digest = hashlib.sha256(Path(train_file).read_bytes()).hexdigest()
-    lengths = hashlib.sha256(np.asarray(list(data.lengths()), np.int64).tobytes()).hexdigest()
-    return {"teacher": str(teacher.checkpoint.path.absolute()), "weights_size": weights.st_size,
-            "weights_mtime_ns": weights.st_mtime_ns, "train_sha256": digest, "examples": len(data),
-            "lengths_sha256": lengths, "logits": targets.logits, "hidden": targets.hidden}
-
-
-def teacher_cache(folder: Path, targets: TeacherTargets, key: dict, batch_size: int, record) -> dict:
-    """The teacher's outputs for every training example, from ``folder`` when it holds them for ``key``,
-    else computed in one pass (longest examples first, ``batch_size`` at a time) and saved there."""
-    meta = folder / "meta.json"
-    names = [n for n, on in ((TEACHER_LOGITS, targets.logits is not None), (TEACHER_HIDDEN, targets.hidden)) if on]
-    if meta.is_file() and read_json(meta) == key:
-        record({"step": 0, "message": f"teacher outputs read from {folder}"})
-        return _open_cache(folder, names)
-    data = targets.data
-    n = len(data)
-    lengths = np.asarray(list(data.lengths()), np.int64)
-    rows = np.concatenate([[0], np.cumsum(lengths)])
-    order = np.argsort(-lengths, kind="stable")
-    values: dict[str, np.ndarray] = {}
-    per_token: dict[str, bool] = {}
-    record({"step": 0, "message": f"teacher outputs for {n} training examples, kept in {folder}"})
-    done, shown = 0, 0
-    for start in range(0, n, batch_size):
-        indices = order[start:start + batch_size].tolist()
-        batch = data.collate(indices, 0)
-        got = targets.run(batch)
-        mask = np.asarray(batch["attention_mask"]) != 0
-        for name, a in got.items():
-            token_level = a.ndim == 3
-            if name not in values:
-                width = a.shape[-1]
-                values[name] = np.zeros((rows[-1] if token_level else n, width), np.float32)
-                per_token[name] = token_level
-            for r, i in enumerate(indices):
-                if token_level:
-                    kept = a[r][mask[r]]
-                    if len(kept) != lengths[i]:
-                        raise InputError(f"example {i}: {len(kept)} attended tokens, but its length is {lengths[i]}")
-                    values[name][rows[i]:rows[i + 1]] = kept
-                else:
-                    values[name][i] = a[r]
-        done += len(indices)
-        if done == n or done * 10 // n > shown:
-            shown = done * 10 // n
-            record({"step": 0, "message": f"teacher outputs: {done}/{n} examples"})
-    folder.mkdir(exist_ok=True)
-    for name in names:
-        _save_npy(folder / f"{name}.npy", values[name])
-    _save_npy(folder / "rows.npy", rows)
-    flags = (json.dumps(per_token) + "\n").encode()
-    write_atomic(folder / "per_token.json", lambda f: f.write(flags), overwrite=True)
-    text = (json.dumps(key, indent=2) + "\n").encode()
-    write_atomic(meta, lambda f: f.write(text), overwrite=True)  # last: the cache is whole once this names it
-    return {"rows": rows, "values": values, "per_token": per_token}
-
-
-def _save_npy(path: Path, a: np.ndarray) -> None:
-    write_atomic(path, lambda f: np.save(f, a), overwrite=True)
-
-
-def _open_cache(folder: Path, names: list[str]) -> dict:
-    return {"rows": np.load(folder / "rows.npy"), "per_token": read_json(folder / "per_token.json"),
-            "values": {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}}
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -275,7 +156,7 @@ def distill(teacher_dir, train_file, out_dir, *, student_layers=None, student_di
     Every bad argument or input is an InputError, raised before anything in ``out_dir`` changes.
     """
     from .. import load
-    from ..adapt.student import save_student, student_from_teacher
+    from ..adapt.student import save_student
 
     t = trainer_settings(train)
     alphas = dict(alpha_ce=alpha_ce, alpha_mlm=alpha_mlm, alpha_cos=alpha_cos)
@@ -298,46 +179,29 @@ def distill(teacher_dir, train_file, out_dir, *, student_layers=None, student_di
     for name, path in (("train_file", train_file), ("eval_file", t["eval_file"])):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{path}: no such file ({name}); give {task} data")
-    if student_dir is not None:
-        student_model = load(student_dir, backend="numpy")
-        sck, cfg, tokenizer = student_model.checkpoint, student_model.config, student_model.tokenizer
-        base, base_params, layers = sck.path, sck.params, None
-    else:
-        student = student_from_teacher(tck, student_layers if student_layers is not None
-                                       else max(1, tck.config.num_hidden_layers // 2), student_family, t["seed"])
-        cfg, tokenizer, base_params, layers = student.config, teacher.tokenizer, student.params, student.layers
-    check_student(teacher, cfg, tokenizer, str(student_dir or "the student"), alpha_cos)
+    source = student_source(teacher, student_dir, student_layers, student_family, t["seed"])
+    cfg = source.config
+    check_student(teacher, cfg, source.tokenizer, str(student_dir or "the student"), alpha_cos)
     out = Path(out_dir).absolute()
     for what, folder in (("--teacher", tck.path), ("--student", student_dir)):
         if folder is not None and (out == Path(folder).absolute() or Path(folder).absolute().is_relative_to(out)):
             raise InputError(f"{out}: --out is the {what} folder (or holds it); give a new folder")
     settings.update(distill=True, teacher=str(tck.path.absolute()), teacher_backend=teacher_backend,
                     student=None if student_dir is None else str(Path(student_dir).absolute()),
-                    student_layers=layers, student_family=family_of(cfg).name, temperature=temperature, **alphas,
+                    student_layers=source.layers, student_family=family_of(cfg).name, temperature=temperature, **alphas,
                     cache_teacher=cache_teacher, train_file=str(Path(train_file).absolute()),
                     eval_file=None if t["eval_file"] is None else str(Path(t["eval_file"]).absolute()))
     compute = training_backend(t["backend"], t["precision"])
 
-    from .data import read_task
-
-    label2id = base_label2id(tck, task)
-    read = dict(aggregation=t["aggregation"], whole_word=t["whole_word_mask"])
-    data = read_task(task, train_file, tokenizer, cfg, label2id=label2id, **read)
-    if len(data) == 0:
-        raise InputError(f"{train_file}: no training examples")
-    dev = None
-    if t["eval_file"] is not None:
-        dev = read_task(task, t["eval_file"], tokenizer, cfg, label2id=label2id, **read)
-        if len(dev) == 0:
-            raise InputError(f"{t['eval_file']}: no evaluation examples")
-    tied = (sck.loaded if student_dir is not None else student.heads).tied_decoder
+    # The teacher's tokenizer (the student's has the same vocabulary): token types as the teacher takes them
+    data, dev = read_data(task, train_file, t, teacher.tokenizer, cfg, base_label2id(tck, task))
     heads = {"seq-cls": Heads(seq_cls=tck.heads.seq_cls), "token-cls": Heads(token_cls=tck.heads.token_cls),
-             "mlm": Heads(mlm=True, tied_decoder=tied)}[task]
+             "mlm": Heads(mlm=True, tied_decoder=source.tied_decoder)}[task]
     problem = "single_label_classification" if task == "seq-cls" else None
     scfg = replace(cfg, extra={**cfg.extra, "problem_type": problem}) if problem else cfg
     graph = build_graph(scfg, heads)
-    params, initialized = initial_params(scfg, graph, base_params, t["seed"])
-    labeled = task == "mlm" or getattr(data, "labeled", True)
+    params, initialized = initial_params(scfg, graph, source.params, t["seed"])
+    labeled = getattr(data, "labeled", True)
     loss_args = dict(temperature=float(temperature), **{k: float(v) for k, v in alphas.items()})
     train_graph = distillation_graph(with_dropout(graph, *dropout_probs(scfg)), heads, task, problem, labeled,
                                      **loss_args)
@@ -355,25 +219,73 @@ def distill(teacher_dir, train_file, out_dir, *, student_layers=None, student_di
                 raise InputError(f"{out}: --resume: {key} = {settings.get(key)!r} differs from the run's "
                                  f"{before.get(key)!r} ({RUN_FILE}); resume with the run's settings")
     state = prepare_out(out, settings, t["resume"], t["overwrite"])  # the first change to out_dir
-    if student_dir is None:
-        base = save_student(student, out / STUDENT_INIT, overwrite=True)
+    base = source.folder if source.init is None else save_student(source.init, out / STUDENT_INIT, overwrite=True)
     names = tuple(tck.config.id2label[i] for i in sorted(tck.config.id2label)) if task != "mlm" else None
     output = OutputModel(base, scfg, task, heads, names, problem)
     run = _Run(settings, out, scfg, heads, output, targets, dev, compute, train_graph, eval_graph, params,
-                          t["early_stopping"], t["save_steps"], t["log"] if t["log"] is not None else
-                          Progress())
+               t["early_stopping"], t["save_steps"], t["log"] if t["log"] is not None else Progress())
     if state is None:
-        source = f"{base}" if student_dir is not None else f"teacher layers {layers} ({out / STUDENT_INIT})"
+        origin = f"{base}" if source.init is None else f"teacher layers {source.layers} ({base})"
         run.record({"step": 0, "message": f"distilling {tck.path} ({tck.architecture}, on {teacher_backend}) into a "
-                    f"{cfg.num_hidden_layers}-layer {output.architecture} from {source}"})
+                    f"{cfg.num_hidden_layers}-layer {output.architecture} from {origin}"})
         if initialized:
             run.record({"step": 0, "message": f"initialized {', '.join(initialized)} as Hugging Face does"})
         if not labeled and alpha_mlm:
             run.record({"step": 0, "message": f"{train_file} has no labels: the loss has no hard term (alpha_mlm)"})
     if cache_teacher:
-        targets.cache = teacher_cache(out / CACHE, targets, _cache_key(teacher, Path(train_file), data, targets),
+        targets.cache = teacher_cache(out / CACHE, targets, cache_key(teacher, Path(train_file), data, targets),
                                       t["batch_size"], run.record)
     return run.train(state)
+
+
+@dataclass
+class StudentSource:
+    """Where a student's weights come from: a checkpoint folder, or a student initialized from the teacher."""
+
+    config: object  # ModelConfig
+    tokenizer: object
+    params: dict
+    tied_decoder: bool
+    folder: Path | None  # the checkpoint folder (None: initialized, saved to OUT/student-init/)
+    init: object = None  # cbert.adapt.student.Student, when initialized from the teacher
+    layers: list[int] | None = None  # the teacher layers it took
+
+
+def student_source(teacher, student_dir, student_layers, student_family, seed: int) -> StudentSource:
+    from .. import load
+    from ..adapt.student import student_from_teacher
+
+    if student_dir is not None:
+        model = load(student_dir, backend="numpy")
+        ck = model.checkpoint
+        return StudentSource(model.config, model.tokenizer, ck.params, ck.loaded.tied_decoder, ck.path)
+    n = student_layers if student_layers is not None else max(1, teacher.config.num_hidden_layers // 2)
+    student = student_from_teacher(teacher.checkpoint, n, student_family, seed)
+    return StudentSource(student.config, teacher.tokenizer, student.params, student.heads.tied_decoder, None, student,
+                         student.layers)
+
+
+def read_data(task: str, train_file, t: dict, tokenizer, cfg, label2id):
+    """(training data, evaluation data or None): the task's files as fit reads them; a classifier
+    teacher's training file may also be a .txt of unlabeled texts, one per line."""
+    from .data import read_task
+
+    read = dict(aggregation=t["aggregation"], whole_word=t["whole_word_mask"])
+    if task != "mlm" and Path(train_file).suffix.lower() == ".txt":  # texts for the teacher to label
+        data = read_unlabeled(task, train_file, tokenizer, cfg)
+    else:
+        data = read_task(task, train_file, tokenizer, cfg, label2id=label2id, **read)
+    if len(data) == 0:
+        raise InputError(f"{train_file}: no training examples")
+    dev, eval_file = None, t["eval_file"]
+    if eval_file is not None:
+        if Path(eval_file).suffix.lower() == ".txt" and task != "mlm":
+            raise InputError(f"{eval_file}: an evaluation file needs labels (JSONL or CSV {task} data); a .txt file "
+                             "of texts serves as training data only")
+        dev = read_task(task, eval_file, tokenizer, cfg, label2id=label2id, **read)
+        if len(dev) == 0:
+            raise InputError(f"{eval_file}: no evaluation examples")
+    return data, dev
 
 
 def heads_output(ckpt, task: str) -> str:

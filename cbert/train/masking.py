@@ -1,9 +1,8 @@
 """Masked-LM inputs: ``mask_tokens``, as transformers' DataCollatorForLanguageModeling masks a batch.
 
-15% of the maskable tokens are chosen (each by a coin of ``mask_prob``, or whole words until that
-share of the row is covered, as DataCollatorForWholeWordMask does); of those 80% become the mask
-token, 10% a random token, 10% stay as they are; labels hold the chosen tokens' ids and -100
-everywhere else. Special tokens and padding are never chosen.
+15% of the maskable tokens are chosen (each by a coin of ``mask_prob``, or each word by one coin
+for all its pieces); of those 80% become the mask token, 10% a random token, 10% stay as they are;
+labels hold the chosen tokens' ids and -100 everywhere else. Special tokens and padding are never chosen.
 """
 
 from __future__ import annotations
@@ -39,11 +38,10 @@ def mask_tokens(input_ids, tokenizer, mask_prob: float = 0.15, whole_word: bool 
     """(masked input_ids, labels) for a [batch, seq] (or [seq]) array of token ids, the same for the
     same ``seed``.
 
-    ``whole_word``: choose words, never a piece of one (WordPiece ``##`` continuations go with the
-    piece before them), until ``round(mask_prob * maskable tokens)`` tokens (at least one) are chosen,
-    as DataCollatorForWholeWordMask does. Otherwise each maskable token is chosen with ``mask_prob``,
-    as DataCollatorForLanguageModeling does, except that a row where no coin came up gets one token
-    chosen at random: a masked-LM loss over no token is undefined (NaN), and a short note often
+    Each maskable token is chosen with ``mask_prob``, as DataCollatorForLanguageModeling does, or with
+    ``whole_word`` each word is (WordPiece ``##`` continuations go with the piece before them), as its
+    ``whole_word_mask=True`` does. One difference: a row where no coin came up gets one token (word)
+    chosen at random, since a masked-LM loss over no token is undefined (NaN) and a short note often
     draws none. Labels are -100 wherever the loss should not look.
     """
     if isinstance(mask_prob, bool) or not isinstance(mask_prob, (int, float)) or not 0 < mask_prob <= 1:
@@ -74,25 +72,14 @@ def mask_tokens(input_ids, tokenizer, mask_prob: float = 0.15, whole_word: bool 
 
 
 def _whole_words(ids, maskable, starts, mask_prob: float, rng) -> np.ndarray:
+    """Each word's coin (drawn on its first piece) chooses all its pieces, as transformers'
+    whole_word_mask does; a row where no coin came up gets one word chosen at random."""
+    new_word = maskable & (starts | ~np.pad(maskable, ((0, 0), (1, 0)))[:, :-1])
+    word = np.where(maskable, np.cumsum(new_word, 1), 0)  # 1, 2, ... within a row; 0: never chosen
+    drawn = new_word & (rng.random(ids.shape) < mask_prob)
+    for row in np.flatnonzero(~drawn.any(1) & maskable.any(1)):
+        drawn[row, rng.choice(np.flatnonzero(new_word[row]))] = True
     chosen = np.zeros(ids.shape, bool)
     for row in range(ids.shape[0]):
-        words: list[list[int]] = []
-        for k in np.flatnonzero(maskable[row]):
-            if starts[row, k] or not words or words[-1][-1] != k - 1:
-                words.append([int(k)])
-            else:
-                words[-1].append(int(k))
-        if not words:
-            continue
-        budget = max(1, round(int(maskable[row].sum()) * mask_prob))
-        covered = 0
-        for w in rng.permutation(len(words)):
-            if covered >= budget:
-                break
-            if covered + len(words[w]) > budget:
-                continue  # a word that would overshoot is skipped, as DataCollatorForWholeWordMask does
-            chosen[row, words[w]] = True
-            covered += len(words[w])
-        if covered == 0:  # every word is longer than the budget: take the shortest whole
-            chosen[row, min(words, key=len)] = True
+        chosen[row] = np.isin(word[row], word[row][drawn[row]]) & maskable[row]
     return chosen

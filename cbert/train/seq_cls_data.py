@@ -116,8 +116,8 @@ class SeqClsData(TaskData):
         raw = np.stack(logits)
         scores = (softmax(raw) if self.problem_type == SINGLE else 1 / (1 + np.exp(-raw))
                   if self.problem_type == MULTI else raw)
-        owner = np.asarray(self.owner)
-        per_note = np.stack([aggregate(scores[owner == n], self.aggregation) for n in range(len(self.targets))])
+        bounds = np.searchsorted(self.owner, np.arange(len(self.targets) + 1))  # a note's windows are adjacent
+        per_note = np.stack([aggregate(scores[a:b], self.aggregation) for a, b in zip(bounds[:-1], bounds[1:])])
         metrics = {"loss": loss / len(self)}
         if self.problem_type == REGRESSION:
             metrics.update(mse=float(((per_note[:, 0] - self.targets) ** 2).mean()), main="mse",
