@@ -220,3 +220,33 @@ def test_lora_targets_that_name_no_linear(base_and_adapter, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(args[:-4] + ["--lora-alpha", "4"]) == 2
     assert "--lora-alpha needs --lora R" in capsys.readouterr().err
+
+
+FAMILIES = {  # family -> (transformers class, config class, shape): heads PEFT saves whole differ by family
+    "distilbert": ("DistilBertModel", "DistilBertConfig", dict(dim=32, hidden_dim=40, n_heads=2, n_layers=2,
+                                                               vocab_size=97, max_position_embeddings=40)),
+    "roberta": ("RobertaModel", "RobertaConfig", dict(hidden_size=32, intermediate_size=40, num_attention_heads=2,
+                                                      num_hidden_layers=2, vocab_size=97, max_position_embeddings=40,
+                                                      pad_token_id=1)),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_round_trip_other_families(tmp_path, family):
+    """DistilBERT's pre_classifier and RoBERTa's two-layer head train whole; "dense" adapts the encoder's
+    dense layers but not the head's (PEFT never adapts a module it saves whole)."""
+    cls, config, shape = FAMILIES[family]
+    base = tmp_path / "base"
+    write_checkpoint(str(base), cls, shape, config_name=config)
+    targets = ("query", "value", "dense") if family == "roberta" else None
+    out = tmp_path / "run"
+    cbert.train.fit("seq-cls", base, _rows(tmp_path / "train.jsonl", 12), out, epochs=1, batch_size=6, lr=2e-2,
+                    backend="numpy", lora=LoraSettings(4, 8.0, targets), log=lambda r: None)
+    config = json.loads((out / "adapter_config.json").read_text())
+    expected = {"distilbert": (["q_lin", "v_lin"], ["classifier", "pre_classifier"]),
+                "roberta": (["dense", "query", "value"], ["classifier"])}[family]
+    assert (config["target_modules"], config["modules_to_save"]) == expected
+    pm = peft.PeftModel.from_pretrained(_hf_seq_cls(base, 2), out).eval()
+    batch = _batch(base)
+    got = cbert.load(base, backend="numpy", adapter=out).forward(batch["input_ids"], batch["attention_mask"]).logits
+    assert_close(got, _torch_logits(pm, batch), f"{family}: cbert vs peft")

@@ -178,13 +178,17 @@ def _embed(model, rows, pooling, normalize, batch_size, progress) -> np.ndarray:
         return model.embed(texts, pooling, normalize, batch_size=batch_size, progress=progress)
     out = []  # pairs, or the pooler: the tokenizer's batches (a pair longer than the model is an error)
     want = ("pooler_output",) if pooling == "pooler" else ("last_hidden_state",)
-    for i in range(0, len(texts), batch_size):
+    n_batches = (len(texts) + batch_size - 1) // batch_size
+    for b, i in enumerate(range(0, len(texts), batch_size)):
         tp = pairs[i:i + batch_size]
         batch = model.tokenizer(texts[i:i + batch_size], text_pair=tp if any(p is not None for p in tp) else None)
         o = model.forward(**batch, outputs=want)
         v = o["pooler_output"] if pooling == "pooler" else pool(o["last_hidden_state"], batch["attention_mask"],
                                                                  pooling)
         out.append(l2_normalize(v) if normalize else v)
+        if progress:
+            print(f"\r{b + 1}/{n_batches} batches", end="\n" if b + 1 == n_batches else "", file=sys.stderr,
+                  flush=True)
     return np.concatenate(out).astype(np.float32)
 
 
