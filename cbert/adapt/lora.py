@@ -110,7 +110,8 @@ def plan_lora(settings: LoraSettings, cfg, graph: Graph, heads: Heads, initializ
     fam = family_of(cfg)
     base = set(build_graph(cfg, Heads(pooler=fam.pooler is not None)).params)
     hf_names = {p: (fam.prefix + p if p in base else p) for p in graph.params}
-    saved_whole = tuple(p for p in graph.params if p not in base or p in initialized)
+    # A classifier's head is new and trains whole; a masked-LM head is pretrained and stays frozen.
+    saved_whole = tuple(p for p in graph.params if p in initialized or (p not in base and not heads.mlm))
     modules = {w[:-len(".weight")]: w for w in linear_weights(graph) if w not in saved_whole}
     targets = settings.targets or tuple(getattr(fam.layer, r).rsplit(".", 1)[-1] for r in ("query", "value"))
     adapted: dict[str, tuple[str, str]] = {}
