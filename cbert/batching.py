@@ -18,6 +18,9 @@ T = TypeVar("T")
 # Buckets: multiples of 16 up to 128 (short notes differ in length by little, and pay little
 # for padding), then multiples of 64 up to the model's maximum, which is always a bucket.
 FINE_STEP, FINE_LIMIT, COARSE_STEP = 16, 128, 64
+# A forward's padded tokens when the caller sets no budget (the server's --max-batch-tokens
+# default): at batch 32 it never binds below 512 tokens a row, and it bounds a forward's memory.
+MAX_BATCH_TOKENS = 16384
 
 
 def seq_buckets(max_len: int) -> tuple[int, ...]:
