@@ -103,8 +103,9 @@ def main() -> None:
         results = []
         for backend in args.backends.split(","):
             for mode in ("full", "lora"):
-                cmd = [sys.executable, __file__, "--child", "--mode", mode, "--backend", backend, "--base",
-                       str(tmp / "base"), "--data", str(tmp / "train.jsonl"), "--out", str(tmp / f"run-{backend}-{mode}"),
+                cmd = [sys.executable, __file__, "--child", "--mode", mode, "--backend", backend,
+                       "--base", str(tmp / "base"), "--data", str(tmp / "train.jsonl"),
+                       "--out", str(tmp / f"run-{backend}-{mode}"),
                        "--steps", str(args.steps), "--batch", str(args.batch), "--rank", str(args.rank)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 results.append(json.loads(out.strip().splitlines()[-1]))
@@ -113,7 +114,8 @@ def main() -> None:
                 print(f"{backend:6} {mode:5} peak RSS {r['peak_rss_mb']:,.0f} MB{extra}, {r['s_per_step']:.2f} s/step",
                       flush=True)
         for backend in args.backends.split(","):
-            full, lora = (next(r for r in results if r["backend"] == backend and r["mode"] == m) for m in ("full", "lora"))
+            full, lora = (next(r for r in results if r["backend"] == backend and r["mode"] == m)
+                          for m in ("full", "lora"))
             line = f"{backend}: LoRA / full peak RSS {lora['peak_rss_mb'] / full['peak_rss_mb']:.2f}"
             if "mlx_peak_mb" in full:
                 line += f", MLX peak {lora['mlx_peak_mb'] / full['mlx_peak_mb']:.2f}"
