@@ -8,8 +8,8 @@ import pytest
 from conftest import WORDS, assert_close, write_checkpoint
 
 import cbert
-from cbert.batching import FORWARD_COST_TOKENS, MAX_BATCH_TOKENS, plan_batches, seq_buckets
-from cbert.tasks.run import run_windows
+from cbert.batching import MAX_BATCH_TOKENS, plan_batches, seq_buckets
+from cbert.tasks.run import FORWARD_TOKENS_PER_ROW, run_windows
 from cbert.tasks.windows import pad, split
 
 MAX_POSITIONS = 320  # buckets 16, 32, ..., 128, 192, 256, 320: the fine and the coarse steps
@@ -85,7 +85,7 @@ def test_a_corpus_of_every_length_meets_a_handful_of_shapes(folder, backend):
     model.embed(texts, batch_size=8)
     # The batches are the token-budget batcher's (the server's), in its order, not a copy of its own;
     # numpy, which prepares nothing per shape, pads each to its longest row instead of its bucket.
-    plan = plan_batches(lengths, MAX_POSITIONS, MAX_BATCH_TOKENS, 8, FORWARD_COST_TOKENS)
+    plan = plan_batches(lengths, MAX_POSITIONS, MAX_BATCH_TOKENS, 8, forward_tokens=8 * FORWARD_TOKENS_PER_ROW)
     longest = [max(lengths[i] for i in b.indices) for b in plan]
     assert seen == [(len(b.indices), b.seq if backend != "numpy" else n) for b, n in zip(plan, longest)]
     if backend == "numpy":
