@@ -171,6 +171,34 @@ def test_a_student_of_a_student_family_keeps_its_classifier_layout(teachers, tmp
     assert cfg.model_type == "distilbert" and cfg.num_hidden_layers == 2 and cfg.id2label == LABELS
 
 
+@pytest.mark.parametrize("config_name,cls_name,kwargs", [
+    ("RobertaConfig", "RobertaForMaskedLM", dict(hidden_size=64, num_attention_heads=2, intermediate_size=70,
+                                                type_vocab_size=1, pad_token_id=1, num_hidden_layers=4, vocab_size=97,
+                                                max_position_embeddings=42)),
+    # ALBERT's layers share their group's weights: the student keeps every weight and runs fewer layers
+    ("AlbertConfig", "AlbertForMaskedLM", dict(hidden_size=64, embedding_size=24, num_attention_heads=4,
+                                              intermediate_size=90, num_hidden_layers=4, num_hidden_groups=2,
+                                              vocab_size=97, max_position_embeddings=40)),
+])
+def test_students_of_other_families_load_in_transformers(tmp_path, config_name, cls_name, kwargs):
+    import transformers
+
+    teacher = tmp_path / "teacher"
+    write_checkpoint(str(teacher), cls_name, kwargs, config_name=config_name)
+    init_student(teacher, tmp_path / "s", 2)
+    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "s", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert hf.config.num_hidden_layers == 2
+    ids = np.array([[0, 7, 8, 9, 10, 2]])
+    with torch.no_grad():
+        want = hf(torch.from_numpy(ids)).logits.numpy()
+    assert_close(cbert.load(tmp_path / "s", backend="numpy").forward(ids).logits, want, f"{cls_name} student")
+    if config_name == "RobertaConfig":
+        t, s = _tensors(teacher), _tensors(tmp_path / "s")
+        np.testing.assert_array_equal(s["roberta.encoder.layer.1.output.dense.weight"],
+                                      t["roberta.encoder.layer.2.output.dense.weight"])
+
+
 # -- the loss terms against DistilBERT's code ----------------------------------------------------------
 
 def _distiller_terms(s_logits, t_logits, s_hidden, t_hidden, mask, temperature):
