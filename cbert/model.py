@@ -37,17 +37,18 @@ class ModelOutput(dict):
 
 
 def load(path: str | Path, backend: str = "auto", dtype: str = "float32", device: str | None = None,
-         mlm_mode: str = "auto", copy_weights: bool = False) -> Model:
+         mlm_mode: str = "auto", copy_weights: bool = False, adapter: str | Path | None = None) -> Model:
     """Load a checkpoint folder (config.json, model.safetensors, tokenizer.json or vocab.txt).
 
     The weights file is memory-mapped (no copy) unless ``copy_weights=True``. A file replaced
     (renamed over) while the model lives is harmless; one changed in place is detected before
     each host-side computation and reported as a CheckpointError, since reading a truncated map
     would crash the process (SIGBUS). ``copy_weights=True`` makes the model independent of it.
+    ``adapter``: a PEFT LoRA adapter folder, merged into the weights at load (every backend runs it).
     """
     if mlm_mode not in MLM_MODES:
         raise InputError(f"mlm_mode={mlm_mode!r}; choose one of {', '.join(MLM_MODES)}")
-    ckpt = load_checkpoint(path, copy=copy_weights)
+    ckpt = load_checkpoint(path, copy=copy_weights, adapter=adapter)
     return Model(ckpt, get_backend(backend, dtype, device), mlm_mode)
 
 
@@ -287,6 +288,32 @@ class Model:
     def fill_mask(self, text: str, top_k: int = 5) -> list:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
         return tasks.fill_mask(self, text, top_k)
+
+    # -- explanations (cbert.explain) ------------------------------------------------------------
+
+    def explain(self, text: str, target=None, task: str | None = None, method: str = "integrated-gradients",
+                **kwargs):
+        """Per-token attributions of this model's prediction on ``text`` (``cbert.explain.Explanation``):
+        ``method`` one of ``cbert.explain.METHODS``; ``task`` classify, fill-mask, ner or qa (None: the
+        checkpoint's); ``target`` a label, masked-position token, entity text or answer text (None: the
+        prediction). ``kwargs``: question, aggregation, stride, batch_size, steps, baseline, seed, shap_evals,
+        lime_samples."""
+        from .explain import explain
+
+        return explain(self, text, target, task, method, **kwargs)
+
+    def predict_proba(self, texts, aggregation: str = "mean", stride: int | None = None,
+                      batch_size: int = 32) -> np.ndarray:
+        """[n texts, labels]: a classifier's label probabilities (long notes windowed as ``classify``),
+        the function shap, lime and scikit-learn expect."""
+        return tasks.classify_probabilities(self, texts, aggregation, stride, batch_size)
+
+    def counterfactuals(self, text: str, target=None, max_edits: int = 2, mlm=None, **kwargs) -> list[dict]:
+        """The smallest word substitutions (proposed by this model's masked-LM head, or by ``mlm``, a companion
+        masked-LM checkpoint) that change the predicted label (to ``target`` when given)."""
+        from .explain.counterfactuals import counterfactuals
+
+        return counterfactuals(self, text, target, max_edits, mlm, **kwargs)
 
     # -- gradients (the learning issue: numpy and MLX gradient executors) ---------------------
 
