@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--teacher", default=None, help="a fine-tuned assertion classifier (default: fine-tune MiniLM)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "mlx"], help="training, teacher and timing backend")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="a smoke test: 64 training rows, 32 test rows, 1 epoch")
+    p.add_argument("--quick", action="store_true", help="a smoke test: 48 training rows, 16 test rows, 1 epoch")
     p.add_argument("--out", default=None, help="keep the teacher and student here (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write the figures to this file")
     args = p.parse_args(argv)
@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out) if args.out else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        train = write_slice(data, "train", 64 if quick else None, Path(tmp))
-        dev = write_slice(data, "dev", 32 if quick else None, Path(tmp))
-        test = write_slice(data, "test", 32 if quick else None, Path(tmp))
+        train = write_slice(data, "train", 48 if quick else None, Path(tmp))
+        dev = write_slice(data, "dev", 16 if quick else None, Path(tmp))
+        test = write_slice(data, "test", 16 if quick else None, Path(tmp))
         common = dict(eval_file=dev, epochs=epochs, batch_size=16, warmup_ratio=0.1, weight_decay=0.01, seed=0,
                       backend=args.backend, overwrite=True)
         teacher_dir = args.teacher

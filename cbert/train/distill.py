@@ -159,6 +159,9 @@ def distill(teacher_dir, train_file, out_dir, *, student_layers=None, student_di
     from ..adapt.student import save_student
 
     t = trainer_settings(train)
+    if t.get("lora") is not None:
+        raise InputError("lora: distillation trains the whole student (it is already small); LoRA adapts a model "
+                         "with cbert train TASK --lora")
     alphas = dict(alpha_ce=alpha_ce, alpha_mlm=alpha_mlm, alpha_cos=alpha_cos)
     _check_numbers(temperature, alphas)
     if student_dir is not None and student_layers is not None:
