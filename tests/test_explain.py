@@ -62,6 +62,26 @@ def test_integrated_gradients_are_complete_at_the_default_steps(tiny):
         check["f_input"] - check["f_baseline"])
 
 
+FAMILIES = {  # family -> (transformers class, config class, kwargs): the other layouts' quirks
+    "roberta": ("RobertaForSequenceClassification", "RobertaConfig",  # positions after the padding index
+                dict(SMALL, max_position_embeddings=42, type_vocab_size=1, pad_token_id=1)),
+    "distilbert": ("DistilBertForSequenceClassification", "DistilBertConfig",  # a ReLU head: kinks on the path
+                   dict(dim=32, n_heads=4, n_layers=2, hidden_dim=37, vocab_size=101, max_position_embeddings=40,
+                        initializer_range=0.3)),
+    "albert": ("AlbertForSequenceClassification", "AlbertConfig",  # embeddings narrower than the layers
+               dict(SMALL, embedding_size=16)),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_integrated_gradients_are_complete_in_every_family_and_window(family, tmp_path):
+    cls_name, config_name, kwargs = FAMILIES[family]
+    write_checkpoint(str(tmp_path), cls_name, kwargs, config_name=config_name)
+    e = explain(cbert.load(tmp_path, backend="numpy"), " ".join([NOTE] * 3), method="integrated-gradients")
+    assert e.target["windows"] > 1 and len(e.details["completeness"]) == e.target["windows"]
+    assert _gap(e) < 0.01, e.details["completeness"]
+
+
 def test_grad_x_input_equals_torch_autograd(tiny):
     import torch
 

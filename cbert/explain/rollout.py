@@ -66,7 +66,7 @@ def flow_values(att: np.ndarray, rows: list[int], progress: bool = False) -> np.
 
 def attention_rollout(subject, options) -> tuple[np.ndarray, dict]:
     per_window = {w: rollout_matrix(attentions(subject, w))[subject.target.rows(w)].mean(0)
-                  for w in subject.target.windows}
+                  for w in subject.weighted_windows()}
     return subject.combine(per_window), {"read_from": "the rows of the tokens the prediction reads",
                                          "residual": "(A + I) / 2, heads averaged"}
 
@@ -74,6 +74,6 @@ def attention_rollout(subject, options) -> tuple[np.ndarray, dict]:
 def attention_flow(subject, options) -> tuple[np.ndarray, dict]:
     need("networkx", "attention-flow")  # before any forward
     per_window = {w: flow_values(attentions(subject, w), subject.target.rows(w), subject.progress)
-                  for w in subject.target.windows}
+                  for w in subject.weighted_windows()}
     return subject.combine(per_window), {"read_from": "the rows of the tokens the prediction reads",
                                          "residual": "(A + I) / 2, heads averaged", "max_flow": "networkx"}

@@ -116,11 +116,17 @@ class Subject:
         pos = np.asarray(self.windows[w].positions)
         return pos[pos >= 0]
 
+    def weighted_windows(self) -> list[int]:
+        """The windows whose attributions count (weight > 0): per-window methods run only these."""
+        return [w for w, weight in zip(self.target.windows, self.target.weights) if weight > 0]
+
     def combine(self, per_window: dict[int, np.ndarray]) -> np.ndarray:
-        """[n tokens] note attributions from {window: [window seq] attributions}, weighted by the target's
-        window weights."""
+        """[n tokens] note attributions from {window: [window seq] attributions} of the weighted windows,
+        weighted by the target's window weights."""
         out = np.zeros(len(self.tokens))
         for w, weight in zip(self.target.windows, self.target.weights):
+            if weight == 0:
+                continue
             pos = np.asarray(self.windows[w].positions)
             rows = np.flatnonzero(pos >= 0)
             out[pos[rows]] += weight * np.asarray(per_window[w], np.float64)[rows]
