@@ -209,12 +209,14 @@ def test_tokenize_info_health_metrics(minilm):
 
 
 @pytest.mark.parametrize("batch_across_requests", [True, False])
-def test_concurrent_clients_share_forwards_and_equal_serial(batch_across_requests):
-    path = minilm_path()
-    model, ref = cbert.load(path, backend="numpy"), cbert.load(path, backend="numpy")
+def test_concurrent_clients_share_forwards_and_equal_serial(checkpoints, batch_across_requests):
+    # A tiny model of 40 positions: notes of a few dozen words already span several windows.
+    folder, _ = checkpoints("odd13")
+    model, ref = cbert.load(folder, backend="numpy"), cbert.load(folder, backend="numpy")
     gate = Gate(model)
-    requests = [[t] for t in TEXTS] + [TEXTS[:2], TEXTS[1:], [long_text(700, seed=2), TEXTS[3]]]
-    requests += [[f"note {i}: {TEXTS[i % 4].lower()}"] for i in range(6)]
+    notes = [long_text(n, seed=n) for n in (3, 8, 20, 30)]
+    requests = [[t] for t in notes] + [notes[:2], notes[1:], [long_text(90, seed=2), notes[3]]]
+    requests += [[f"patient {i} {notes[i % 4]}"] for i in range(6)]
     # forward_tokens: pack by the budget alone, so the count of forwards below is exact.
     with serving(model, pooling="mean", normalize=True, batch_across_requests=batch_across_requests,
                  forward_tokens=10**6) as (url, app):
