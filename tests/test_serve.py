@@ -340,6 +340,23 @@ def test_bad_inputs_are_4xx_naming_the_field_and_the_server_keeps_serving(checkp
     assert call_refused(url)
 
 
+def test_dimensions_keeps_the_first_d_and_renormalizes(checkpoints):
+    """On a server that does not normalize, a cut vector is still renormalized (as OpenAI's dimensions and a
+    Matryoshka model's users expect), unless a TEI request says normalize: false."""
+    folder, _ = checkpoints("odd13")
+    texts = ["the patient was given iv mg", "no fever"]
+    full = cbert.load(folder, backend="numpy").embed(texts, normalize=False)
+    cut = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    with serving(cbert.load(folder, backend="numpy"), normalize=False) as (url, _):
+        status, _, got = call(url, "/v1/embeddings", {"input": texts, "dimensions": 8})
+        assert status == 200, got
+        assert_close(np.array([d["embedding"] for d in got["data"]]), cut, "OpenAI dimensions=8", TOL)
+        assert_close(np.array(call(url, "/embed", {"inputs": texts, "dimensions": 8})[2]), cut, "TEI dimensions=8", TOL)
+        raw = call(url, "/embed", {"inputs": texts, "dimensions": 8, "normalize": False})[2]
+        assert_close(np.array(raw), full[:, :8], "TEI dimensions=8, normalize=false", TOL)
+        assert_close(np.array(call(url, "/embed", {"inputs": texts})[2]), full, "no dimensions: as served", TOL)
+
+
 def test_a_failed_forward_fails_its_requests_and_the_server_recovers(checkpoints):
     folder, _ = checkpoints("odd13")
     model = cbert.load(folder, backend="numpy")

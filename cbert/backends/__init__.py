@@ -7,7 +7,9 @@ the command that installs it.
 A backend class has ``name``, ``dtypes``, ``__init__(dtype, device)``, ``describe()`` and
 ``compile(graph, params) -> callable(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]``;
 optionally ``probe()`` (a classmethod returning a dict for ``cbert devices`` and for
-``backend="auto"``: at least ``{"available": bool, "accelerated": bool}``). A backend that
+``backend="auto"``: at least ``{"available": bool, "accelerated": bool}``). ``bucketed_shapes``
+(optional, default True): whether callers should pad a batch to its sequence bucket
+(:mod:`cbert.batching`) because each new input shape costs the backend a preparation. A backend that
 must change the process before its library loads names that step in ``BEFORE_IMPORT``;
 importing a backend's package never does it by itself.
 """

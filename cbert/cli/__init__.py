@@ -13,6 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import BackendUnavailable, CheckpointError, InputError, UsageError
+from .adapt import add_adapt_parsers
 from .common import default_model_path
 from .corpus import add_corpus_parser
 from .explain import add_explain_parser
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_parser(sub)
     add_train_parser(sub)
     add_explain_parser(sub)
+    add_adapt_parsers(sub)
     return p
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InputError
 from ..heads import MLM_LOGITS, QA_LOGITS, SEQ_CLS_LOGITS, TOKEN_CLS_LOGITS
 from ..ir import IGNORE_INDEX, Node, Op, node
-from ..tasks.classify import output_function, window_probabilities
+from ..tasks.classify import default_function, window_probabilities
 from ..tasks.run import softmax
 from ..tasks.windows import aggregate
 
@@ -57,7 +57,7 @@ class ClassifyTarget(Target):
     def __init__(self, model, label: int, labels: list[str], aggregation: str, window_probs: np.ndarray):
         """``window_probs``: [windows] the label's probability in each window of the note."""
         self.label, self.labels, self.aggregation = label, labels, aggregation
-        self.function = output_function(model, len(labels))
+        self.function = default_function(model, len(labels))
         self.windows = list(range(len(window_probs)))
         self.weights = aggregation_weights(window_probs, aggregation)
 

@@ -12,6 +12,28 @@ AGGREGATIONS = ("mean", "max", "vote")
 FUNCTIONS = ("softmax", "sigmoid", "none")
 
 
+def default_function(model, n_labels: int) -> str:
+    """What Hugging Face's pipeline applies to a classifier's logits: sigmoid for one label or a
+    multi-label checkpoint, else softmax."""
+    multi_label = model.config.extra.get("problem_type") == "multi_label_classification"
+    return "sigmoid" if n_labels == 1 or multi_label else "softmax"
+
+
+def probabilities(logits: np.ndarray, function: str) -> np.ndarray:
+    """Scores from logits [..., n_labels] by ``function``: softmax, sigmoid or none (the logits)."""
+    if function == "softmax":
+        return softmax(logits)
+    if function == "sigmoid":
+        return 1 / (1 + np.exp(-logits))
+    one_of(function, "function_to_apply", FUNCTIONS)
+    return logits
+
+
+def ranked(scores: np.ndarray, labels: list[str]) -> list[dict]:
+    """[{label, score}] best first (ties in label order), as Hugging Face's pipeline lists them."""
+    return [{"label": labels[i], "score": float(scores[i])} for i in np.argsort(-scores, kind="stable")]
+
+
 def classify(model, texts, top_k: int | None = 1, aggregation="mean", stride=None, batch_size=32,
              function_to_apply: str | None = None, progress=False):
     """Hugging Face text-classification results: per text {label, score} (top_k=1) or a sorted list."""
@@ -21,10 +43,8 @@ def classify(model, texts, top_k: int | None = 1, aggregation="mean", stride=Non
         top_k = positive_int(top_k, "top_k")
     probs = class_probabilities(model, texts, aggregation, stride, batch_size, function_to_apply, progress)
     labels = model.config.labels(probs.shape[-1])
-    results = []
-    for scores in probs:
-        ranked = [{"label": labels[i], "score": float(scores[i])} for i in np.argsort(-scores, kind="stable")]
-        results.append(ranked[0] if top_k == 1 else ranked[:top_k])
+    results = [ranked(scores, labels) for scores in probs]
+    results = [best[0] if top_k == 1 else best[:top_k] for best in results]
     return results[0] if single else results
 
 
@@ -46,18 +66,6 @@ def class_probabilities(model, texts, aggregation="mean", stride=None, batch_siz
     return np.stack([aggregate(probs[s], aggregation) for s in spans]).astype(np.float32)
 
 
-def output_function(model, n_labels: int) -> str:
-    """How logits become scores when the caller names no function: a sigmoid for one label or a
-    multi-label classifier, else a softmax (Hugging Face's pipeline rule)."""
-    multi = model.config.extra.get("problem_type") == "multi_label_classification"
-    return "sigmoid" if n_labels == 1 or multi else "softmax"
-
-
 def window_probabilities(model, logits: np.ndarray, function_to_apply: str | None = None) -> np.ndarray:
-    """[..., labels] scores of classifier logits [..., labels]."""
-    fn = function_to_apply or output_function(model, logits.shape[-1])
-    if fn == "softmax":
-        return softmax(logits)
-    if fn == "sigmoid":
-        return 1 / (1 + np.exp(-logits))
-    return logits
+    """[..., labels] scores of classifier logits [..., labels], by the caller's function or the pipeline's."""
+    return probabilities(logits, function_to_apply or default_function(model, logits.shape[-1]))

@@ -62,8 +62,13 @@ class MLXExecutable:
 
     Shape class = the exact (batch, seq): ``mx.compile`` (shapeless=False) keeps one trace
     per input shape and reuses it, so a repeated shape costs no Python and no retrace.
-    Padding seq to buckets would save traces but not work, and the padded columns would
-    change what a fully masked row attends to (uniform over S keys in the reference).
+    ``shapeless=True`` cannot serve: the lowering reshapes by the traced B and S, and a
+    shapeless trace keeps those numbers (mlx 0.32: "Slice cannot infer output shapes", then
+    reshape errors at the next shape). The tasks and the server bound the shapes instead:
+    they pad to the sequence buckets of :mod:`cbert.batching`, so a corpus meets a handful
+    of shapes and this executor traces a handful (``traced`` lists them). MLX caches the
+    C++ it compiles for a trace's fused kernels on disk (``/tmp/mlx/<version>/cpu``),
+    named by the kernel's ops, not its shape: a new shape's cost is its trace.
 
     Threads: one executable may be called from any number of threads at once, each getting
     the serial result. MLX (0.31.2 on) gives every thread its own streams: an array on a
@@ -110,6 +115,7 @@ class MLXExecutable:
             mx.eval(list(self.weights.values()) + list(self.weights_kn.values()))
         self._threads = threading.local()  # per thread: the compiled forward, linear_split's second stream
         self._split_counts: dict[tuple, tuple[int, int]] = {}  # input shape -> (GEMMs split, GEMMs whole)
+        self.traced: list[tuple] = []  # the input shapes traced, one entry per trace (append is thread safe)
         resident = sum(w.nbytes for w in self.weights.values()) + sum(w.nbytes for w in self.weights_kn.values())
         _keep_in_cache(resident)
 
@@ -164,7 +170,9 @@ class MLXExecutable:
             else:
                 env[n.output] = linear(p, x, env[plan.weight], b, act)
             split, whole = split + bool(chunk), whole + (not chunk)
-        self._split_counts[tuple(tuple(a.shape) for a in inputs.values())] = (split, whole)
+        shapes = tuple(tuple(a.shape) for a in inputs.values())
+        self._split_counts[shapes] = (split, whole)
+        self.traced.append(shapes)
         return {k: env[v].astype(mx.float32) for k, v in self.graph.outputs.items()}
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -207,6 +215,7 @@ class MLXBackend:
 
     name = "mlx"
     dtypes = ("float32", "float16", "bfloat16")
+    bucketed_shapes = True  # each new input shape is traced: callers pad to the sequence buckets
 
     def __init__(self, dtype: str = "float32", device: str | None = None, gemm_plan: GemmPlan | None = None):
         if dtype not in DTYPES:

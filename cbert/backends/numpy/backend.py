@@ -56,6 +56,9 @@ class NumpyBackend:
 
     name = "numpy"
     dtypes = ("float32",)
+    # Nothing is prepared per input shape here, so callers pad a batch to its longest row, not to a
+    # sequence bucket (cbert.batching): bucket padding would only add work (~15% on mixed notes).
+    bucketed_shapes = False
 
     def __init__(self, dtype: str = "float32", device: str | None = None):
         if dtype != "float32":

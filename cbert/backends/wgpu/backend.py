@@ -31,6 +31,7 @@ class WgpuBackend:
 
     name = "wgpu"
     dtypes = ("float32", "float16")
+    bucketed_shapes = True  # each new input shape gets its dispatch list: callers pad to the sequence buckets
 
     def __init__(self, dtype: str = "float32", device: str | None = None, gpu: Gpu | None = None):
         if device not in (None, "gpu"):

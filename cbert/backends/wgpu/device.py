@@ -72,6 +72,7 @@ class Gpu:
     limits: dict
     buffers_created: int = 0
     pipelines_created: int = 0
+    modules_created: int = 0
     bind_groups_created: int = 0
     warned_software: bool = False
     _modules: dict = field(default_factory=dict)
@@ -135,6 +136,7 @@ class Gpu:
             folder = shader_dir()
             source = _prelude(dtype, consts) + (folder / "common.wgsl").read_text() + (folder / file).read_text()
             self._modules[key] = self.device.create_shader_module(code=source, label=file)
+            self.modules_created += 1
         return self._modules[key]
 
     def _create_pipeline(self, file, entry, dtype, consts, overrides, bindings):
