@@ -76,8 +76,8 @@ def embed(model, texts, pooling: str | None = None, normalize: bool | None = Non
           truncation=False, window_aggregation="mean", stride=None, progress=False,
           max_batch_tokens: int | None = None) -> np.ndarray:
     """[n, hidden] float32; ``pooling``/``normalize`` None: the model's ``embedding_defaults``.
-    ``max_batch_tokens``: pack forwards by this token budget (at most ``batch_size`` windows each), as the
-    server does; None: ``batch_size`` windows per forward."""
+    Forwards are packed as the server packs them: at most ``batch_size`` windows and ``max_batch_tokens``
+    padded tokens each (None: :data:`cbert.batching.MAX_BATCH_TOKENS`)."""
     pooling, normalize = model.embedding_defaults.resolve(pooling, normalize)
     texts, _ = texts_list(texts)
     batch_size = positive_int(batch_size, "batch_size")
