@@ -9,6 +9,8 @@ summed over the rows, so one call differentiates every interpolation step of a b
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..backends.numpy import NumpyExecutable
@@ -114,6 +116,8 @@ def integrated_gradients(subject, options) -> tuple[np.ndarray, dict]:
         # The text's positions: RoBERTa's rule would give padding tokens the padding position.
         b = grads.embeddings(subject.model, base_batch, grads.positions(subject.model, batch))[0].astype(np.float64)
         attr, f, points = _path_integral(grads, subject, w, x, b, options.steps)
+        if subject.progress:
+            print(f"integrated-gradients: window {w + 1}/{len(subject.windows)}, {points} points", file=sys.stderr)
         gap = float(attr.sum() - (f[1] - f[0]))
         checks.append({"window": w, "sum_of_attributions": float(attr.sum()), "f_input": f[1], "f_baseline": f[0],
                        "gap": gap, "relative_gap": abs(gap) / max(abs(f[1] - f[0]), 1e-12), "points": points})
