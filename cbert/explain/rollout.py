@@ -51,11 +51,15 @@ def flow_values(att: np.ndarray, rows: list[int], progress: bool = False) -> np.
         for i in range(seq):  # token i of layer + 1 reads token j of layer with weight layers[layer][i, j]
             for j in range(seq):
                 graph.add_edge((layer, j), (layer + 1, i), capacity=float(layers[layer][i, j]))
+    # One residual network for every source: preflow-push resets its flows on each call, and building
+    # it is most of a call's time (maximum_flow_value would build it each time).
+    residual = nx.algorithms.flow.build_residual_network(graph, "capacity")
     out = np.zeros(seq)
     for r in rows:
         flows = np.zeros(seq)
         for j in range(seq):
-            flows[j] = nx.maximum_flow_value(graph, (0, j), (n_layers, r), capacity="capacity")
+            flows[j] = nx.algorithms.flow.preflow_push(graph, (0, j), (n_layers, r), residual=residual,
+                                                       value_only=True).graph["flow_value"]
             if progress:
                 print(f"\rattention-flow: {j + 1}/{seq} input tokens", end="", file=sys.stderr, flush=True)
         out += flows / max(flows.sum(), 1e-30)

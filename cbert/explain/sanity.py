@@ -99,17 +99,23 @@ def deletion_curve(subject, explanation: Explanation, seed: int = 0, random_orde
     n = len(spans)
     ks = np.arange(n + 1) if n <= max_points else np.unique(np.linspace(0, n, max_points + 1).round().astype(int))
     word_scores = np.array([explanation.scores[a:b].sum() for a, b in spans])
-    rng = np.random.default_rng(seed)
-    orders = [np.argsort(-word_scores, kind="stable")] + [rng.permutation(n) for _ in range(random_orders)]
-    masked = np.zeros((len(orders) * len(ks), len(subject.tokens)), bool)
-    for o, order in enumerate(orders):
-        for j, k in enumerate(ks):
-            for w in order[:k]:
-                a, b = spans[w]
-                masked[o * len(ks) + j, a:b] = ~subject.fixed[a:b]
-    probs = subject.scores(masked).reshape(len(orders), len(ks))
+
+    def curve(orders) -> np.ndarray:
+        """[orders, ks] the target's probability with the first k words of each order removed."""
+        masked = np.zeros((len(orders) * len(ks), len(subject.tokens)), bool)
+        for o, order in enumerate(orders):
+            for j, k in enumerate(ks):
+                for w in order[:k]:
+                    a, b = spans[w]
+                    masked[o * len(ks) + j, a:b] = ~subject.fixed[a:b]
+        return subject.scores(masked).reshape(len(orders), len(ks))
+
+    key = ("deletion-random", seed, random_orders, max_points)  # the same random orders for every method
+    if key not in subject.cache:
+        rng = np.random.default_rng(seed)
+        subject.cache[key] = curve([rng.permutation(n) for _ in range(random_orders)]).mean(0)
+    top, rand = curve([np.argsort(-word_scores, kind="stable")])[0], subject.cache[key]
     fractions = ks / max(n, 1)
-    top, rand = probs[0], probs[1:].mean(0)
     auc_top, auc_random = _area(top, fractions), _area(rand, fractions)
     return {"method": explanation.method, "fractions": fractions.tolist(), "top": top.tolist(),
             "random": rand.tolist(), "auc_top": auc_top, "auc_random": auc_random,

@@ -6,6 +6,8 @@ warm-up, then the median of repeated forwards. Reported: ms per batch, tokens/s,
 and the share of this machine's GEMM peak (a float32 numpy matmul measured at start), and for
 MLX the GEMM plan it ran with (``cbert tune`` measures one) and how many GEMMs it split.
 The peer helpers (ONNX export, timing) are shared with ``benchmarks/bench_cpu.py``.
+``cold_start`` (``cbert bench --cold``) times a one-shot ``cbert embed`` per backend instead, each
+run a fresh process (shared with ``benchmarks/bench_corpus.py``).
 """
 
 from __future__ import annotations
@@ -229,6 +231,64 @@ def run_bench(path, backends: list[str], dtypes: list[str], batches: list[int], 
             "gemm_peak_gflops": peak, "flops": "encoder Linears + attention matmuls + pooler",
             "results": [asdict(r) for r in results],
             "gemm_plans": {name: _gemm_plan_line(points) for name, points in plan_stats.items()}}
+
+
+# -- cold start: a one-shot `cbert embed`, each run a fresh process ----------------------------------
+
+COLD_TEXT = "Patient denies chest pain."
+
+
+def cold_start(model: str, backends: list[str], runs: int = 2, text: str = COLD_TEXT,
+               progress=progress_bar) -> dict:
+    """Wall seconds of ``cbert embed --backend B --model MODEL TEXT`` for each backend, ``runs`` times,
+    each in a fresh process: what a user waits for one vector, interpreter start to exit.
+
+    The first run on a machine may fill caches on disk that later processes reuse (MLX's compiled
+    CPU kernels in ``/tmp/mlx``, the Vulkan driver's shader cache); the later runs are the usual case.
+    A backend whose run fails gets the last line of its error instead of times.
+    """
+    import subprocess
+
+    from ..backends import BACKENDS
+
+    if runs < 1:
+        raise ValueError(f"--cold-runs {runs}: expected a positive integer")
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"--backends {unknown[0]!r}: choose from {', '.join(BACKENDS)}")
+    command = [sys.executable, "-m", "cbert.cli", "embed", "--model", str(model)]
+    results: dict[str, list[float] | str] = {}
+    total = len(backends) * runs
+    for i, backend in enumerate(backends):
+        times: list[float] = []
+        for r in range(runs):
+            if progress:
+                progress(i * runs + r, total, f"cbert embed --backend {backend}, run {r + 1}")
+            start = time.perf_counter()
+            done = subprocess.run([*command, "--backend", backend, text], capture_output=True, text=True)
+            times.append(time.perf_counter() - start)
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+                results[backend] = f"failed: {lines[-1]}"
+                break
+        else:
+            results[backend] = times
+    if progress:
+        progress(total, total, "done")
+    return {"model": str(model), "text": text, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"{platform.system()}", "runs": runs, "cold_seconds": results}
+
+
+def format_cold(report: dict) -> str:
+    runs = report["runs"]
+    lines = [f'One-shot `cbert embed "{report["text"]}"`, wall seconds of a fresh process ({report["machine"]}); '
+             "run 1 may fill on-disk caches, later runs reuse them",
+             f"{'backend':<10} " + " ".join(f"{'run ' + str(r + 1):>8}" for r in range(runs))]
+    lines.append("-" * len(lines[-1]))
+    for backend, times in report["cold_seconds"].items():
+        cells = times if isinstance(times, str) else " ".join(f"{t:8.2f}" for t in times)
+        lines.append(f"{backend:<10} {cells}")
+    return "\n".join(lines)
 
 
 def format_table(report: dict) -> str:

@@ -1,14 +1,14 @@
 """The compiled forward: weights on the device, buffers per shape class, one submit per call.
 
 At compile: parameters are uploaded (once per backend, shared by every graph of a model)
-and every pipeline the graph needs is compiled. Per shape class (batch and seq rounded up
-to powers of two): activation slots planned by lifetime, an inputs buffer, a uniform
-buffer and a persistent MAP_READ buffer, all created once. Per exact (batch, seq): the
-dispatch list with its bind groups and uniform bytes, built once and kept while it is among
-the ``MAX_PLANS`` most recently used (callers pad to sequence buckets, so a workload meets a
-handful; a server fed every length must not grow without bound). Pipelines and shader
-modules depend on the model's sizes only, never on (batch, seq), which reach the kernels as
-uniforms: every one is made at compile. A forward then writes
+and every pipeline the graph needs is compiled. Pipelines and shader modules depend on the
+model's sizes only, never on (batch, seq), which reach the kernels as uniforms: no later
+forward makes one, whatever its shape. Per shape class (batch and seq rounded up to powers
+of two): activation slots planned by lifetime, an inputs buffer, a uniform buffer and a
+persistent MAP_READ buffer, all created once. Per exact (batch, seq): the dispatch list
+with its bind groups and uniform bytes, built once and kept while it is among the
+``MAX_PLANS`` most recently used (callers pad to sequence buckets, so a workload meets a
+handful; a server fed every length must not grow without bound). A forward then writes
 the inputs (and the uniforms when the shape changed), records one compute pass and the
 copies of the requested outputs, submits once and maps the read-back buffer.
 
@@ -93,12 +93,13 @@ class WgpuExecutable:
         self.plans: OrderedDict[tuple, Plan] = OrderedDict()  # (batch, seq) -> its dispatch list; LRU order
         self.lock = threading.Lock()  # held by one forward at a time: its arena's buffers are shared
         self._ustride = -(-PARAMS_BYTES // self.gpu.uniform_align) * self.gpu.uniform_align
-        # Warm-up: every pipeline a forward of any shape can pick (each GEMM in each row tile).
+        # Every pipeline a forward of any shape can pick (each GEMM in each row tile), made now.
+        # No warm-up forward: it made a shape class's buffers no later forward used and cost a
+        # whole forward (on lavapipe, which compiles when the pipeline is made, seconds of a
+        # one-shot `cbert embed`); a driver that finishes compiling at first use does so in the
+        # first real forward instead.
         for k in self.lowering.warm_kernels(token_shapes(self.graph, self.param_shapes, 1, 1)):
             self._pipeline(k)
-        # Drivers may finish compiling at first use (lavapipe JITs then): one 1x1 forward pays it at load.
-        ones = np.ones((1, 1), np.int64)
-        self({name: ones if name == "attention_mask" else ones * 0 for name in self.graph.inputs})
 
     def _pipeline(self, k):
         return self.gpu.pipeline(k.file, k.entry, self.backend.dtype, k.consts, k.overrides, k.bindings)
