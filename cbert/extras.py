@@ -16,6 +16,7 @@ INSTALL = {
     "huggingface_hub": 'pip install "cbert[hub]"',
     "matplotlib": 'pip install "cbert[plot]"',
     "transformers": 'pip install transformers (with a CPU torch: ' + TORCH_HINT + ")",
+    "lancedb": 'pip install "cbert[lance]"',
     "onnxruntime": "pip install onnxruntime onnx",
     # cbert explain's optional methods and its --png (Playwright drives the system's Chromium)
     "shap": 'pip install "cbert[explain]"',

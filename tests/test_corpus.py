@@ -106,6 +106,27 @@ def test_single_process_equals_model_embed(tiny_corpus, tmp_path):
     assert (s["rows"], s["skipped"], s["resumed"]) == (0, len(texts), True)
 
 
+def test_lance_table_equals_parquet_output(tiny_corpus, tmp_path):
+    import lancedb
+
+    corpus, folder, _, _ = tiny_corpus
+    kw = dict(text_column="body", id_column="note_id", backend="numpy", ray="none", part_rows=7, progress=False)
+    embed_corpus(corpus, tmp_path / "parquet", folder, **kw)
+    s = embed_corpus(corpus, tmp_path / "notes.lance", folder, format="lance", **kw)
+    assert s["output"] == str(tmp_path / "notes.lance") and s["rows"] == 32
+    want = read_output(tmp_path / "parquet")
+    got = lancedb.connect(tmp_path).open_table("notes").to_arrow()
+    assert got.schema.field("vector").type == want.schema.field("vector").type  # fixed-size float32 list
+    assert got.column_names == want.column_names
+    for name in want.column_names:  # row by row, in the input's order
+        assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.lance", "parquet"]  # no parts or temporaries left
+    with pytest.raises(cbert.InputError, match="exists; pass --overwrite"):
+        embed_corpus(corpus, tmp_path / "notes.lance", folder, format="lance", **kw)
+    embed_corpus(corpus, tmp_path / "notes.lance", folder, format="lance", overwrite=True, **kw)
+    assert lancedb.connect(tmp_path).open_table("notes").count_rows() == want.num_rows
+
+
 def test_ray_equals_single_process(ray_runtime, tiny_corpus, tmp_path):
     corpus, folder, texts, model = tiny_corpus
     kw = dict(text_column="body", id_column="note_id", backend="numpy", part_rows=5, progress=False,

@@ -20,7 +20,8 @@ def cmd_embed_corpus(args) -> int:
                      pooling=pooling, normalize=normalize, backend=args.backend, dtype=args.dtype,
                      batch_size=args.batch_size, stride=args.stride, window_aggregation=args.window_aggregation,
                      truncation=args.truncate, ray=args.ray, workers=args.workers, part_rows=args.part_rows,
-                     overwrite=args.overwrite, max_batch_tokens=args.max_batch_tokens)
+                     overwrite=args.overwrite, max_batch_tokens=args.max_batch_tokens,
+                     format=args.format)
     skipped = f", {s['skipped']:,} already there" if s["skipped"] else ""
     print(f"embedded {s['rows']:,} rows{skipped}: {s['tokens']:,} tokens in {s['windows']:,} windows, "
           f"{s['tokens_per_s']:,.0f} tokens/s, {s['rows_per_s']:,.1f} rows/s on {s['ran_on']} "
@@ -57,6 +58,9 @@ def add_corpus_parser(sub) -> None:
     c.add_argument("--part-rows", type=int, default=1000,
                    help="rows per output part file: the most work a killed run can lose")
     add_window_args(c, "note")
+    c.add_argument("--format", choices=["parquet", "lance"], default="parquet", help=(
+        "parquet (default): OUT is a folder of Parquet parts; lance: OUT is a LanceDB table folder NAME.lance "
+        "(lancedb.connect(its parent).open_table(NAME)), built from the same resumable parts when all are done"))
     c.add_argument("--overwrite", action="store_true",
                    help="replace OUT when it holds a different embed-corpus job (or is a file)")
     c.set_defaults(func=cmd_embed_corpus)

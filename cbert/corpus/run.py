@@ -18,6 +18,7 @@ from ..batching import MAX_BATCH_TOKENS
 from ..errors import UsageError
 from ..extras import MissingDependency, need
 from ..ray import Embedder, require_ray
+from .lance import lance_paths, write_lance
 from .output import N_TOKENS, N_WINDOWS, VECTOR, done_ids, prepare, write_part
 from .read import FILE, Corpus, Source, arrow, read_source, scan
 
@@ -27,14 +28,20 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
                  backend: str = "auto", dtype: str = "float32", batch_size: int = 32, stride: int | None = None,
                  window_aggregation: str = "mean", truncation: bool = False, ray: str = "auto",
                  workers: int | None = None, part_rows: int = 1000, overwrite: bool = False,
-                 progress: bool = True, max_batch_tokens: int = MAX_BATCH_TOKENS) -> dict:
+                 progress: bool = True, max_batch_tokens: int = MAX_BATCH_TOKENS, format: str = "parquet") -> dict:
     """Embed every row of ``input`` (Parquet, JSONL or CSV: a file or a folder) into Parquet parts in ``output``.
 
     ``ray``: "auto" (Ray when installed: the cluster at RAY_ADDRESS, else a local runtime started here; without
     Ray, this process), "local" (a local Ray runtime), "none" (this process) or a Ray cluster address. A rerun
-    of the same job resumes: it embeds only the ids no part holds yet. Returns the summary: rows, tokens,
-    windows, seconds, tokens_per_s, ...
+    of the same job resumes: it embeds only the ids no part holds yet. ``format="lance"``: ``output`` is a
+    LanceDB table folder NAME.lance, built from the same parts when all are written (:mod:`.lance`). Returns
+    the summary: rows, tokens, windows, seconds, tokens_per_s, ...
     """
+    if format not in ("parquet", "lance"):
+        raise UsageError(f"format={format!r}; expected parquet or lance")
+    table_out = None
+    if format == "lance":
+        table_out, output = lance_paths(output, overwrite)
     counts = {"batch_size": batch_size, "part_rows": part_rows, "workers": 1 if workers is None else workers,
               "max_batch_tokens": max_batch_tokens}
     for name, value in counts.items():
@@ -65,6 +72,9 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
         else:
             ran_on = _run_on_ray(mode, corpus, done, Path(output), embedder_kwargs, part_rows, workers, bar)
     bar.close()
+    if table_out is not None:
+        write_lance(Path(output), table_out, overwrite)
+        output = table_out
     seconds = time.perf_counter() - started
     return {"rows": bar.rows, "tokens": bar.tokens, "windows": bar.windows, "skipped": len(done),
             "total_rows": corpus.n_rows, "seconds": seconds, "tokens_per_s": bar.tokens / max(bar.seconds, 1e-9),
