@@ -48,24 +48,35 @@ def sklearn_available() -> bool:
 
 def fit(x: np.ndarray, y: np.ndarray, classes: int, C: float, use_sklearn: bool | None = None) -> LogReg:
     """Fit on rows ``x`` [n, d] with labels ``y`` in 0..classes-1 (each class present)."""
+    return fit_path(x, y, classes, (C,), use_sklearn)[0]
+
+
+def fit_path(x: np.ndarray, y: np.ndarray, classes: int, Cs, use_sklearn: bool | None = None) -> list[LogReg]:
+    """One model per C of ``Cs`` (ascending), each fit starting from the previous C's solution (a
+    warm start: the regularization path costs little more than its last fit)."""
     x = np.asarray(x, np.float64)
     mean, std = x.mean(0), x.std(0)
     std = np.where(std > 1e-12, std, 1.0)
     z = (x - mean) / std
     if use_sklearn is None:
         use_sklearn = sklearn_available()
-    w, b = (_fit_sklearn if use_sklearn else _fit_numpy)(z, y, classes, C)
-    if classes == 2:  # the binomial model's one vector as the logits [0, z]
-        w, b = np.stack([np.zeros_like(w[0]), w[0]]), np.array([0.0, b[0]])
-    coef = w / std
-    return LogReg(coef, b - coef @ mean)
+    models, state = [], None
+    for C in Cs:
+        w, b, state = (_fit_sklearn if use_sklearn else _fit_numpy)(z, y, classes, C, state)
+        if classes == 2:  # the binomial model's one vector as the logits [0, z]
+            w, b = np.stack([np.zeros_like(w[0]), w[0]]), np.array([0.0, b[0]])
+        coef = w / std
+        models.append(LogReg(coef, b - coef @ mean))
+    return models
 
 
-def _fit_sklearn(z, y, classes, C):
+def _fit_sklearn(z, y, classes, C, model=None):
     from sklearn.linear_model import LogisticRegression
 
-    m = LogisticRegression(C=C, max_iter=MAX_ITER, tol=1e-6).fit(z, y)
-    return m.coef_, m.intercept_
+    if model is None:
+        model = LogisticRegression(C=C, max_iter=MAX_ITER, tol=1e-6, warm_start=True)
+    model.set_params(C=C).fit(z, y)
+    return model.coef_, model.intercept_, model
 
 
 def _loss_and_grad(params, z, y, classes, C):
@@ -91,12 +102,12 @@ def _loss_and_grad(params, z, y, classes, C):
     return f, g.ravel()
 
 
-def _fit_numpy(z, y, classes, C, history: int = 10, gtol: float = 1e-6):
-    """L-BFGS with a backtracking (Armijo) line search; stops when the gradient's largest entry is
-    below ``gtol`` (scaled by the data, as lbfgs' pgtol is) or after MAX_ITER steps."""
+def _fit_numpy(z, y, classes, C, start=None, history: int = 10, gtol: float = 1e-6):
+    """L-BFGS with a backtracking (Armijo) line search from ``start`` (flat [W | b], else zeros); stops
+    when the gradient's largest entry is below ``gtol`` (scaled by the data) or after MAX_ITER steps."""
     n, d = z.shape
     k = 1 if classes == 2 else classes
-    x = np.zeros(k * (d + 1))
+    x = np.zeros(k * (d + 1)) if start is None else start.copy()
     f, g = _loss_and_grad(x, z, y, classes, C)
     s_hist: list[np.ndarray] = []
     y_hist: list[np.ndarray] = []
@@ -134,4 +145,4 @@ def _fit_numpy(z, y, classes, C, history: int = 10, gtol: float = 1e-6):
                 y_hist.pop(0)
         x, f, g = x_new, f_new, g_new
     wb = x.reshape(k, d + 1)
-    return wb[:, :d], wb[:, d]
+    return wb[:, :d], wb[:, d], x
