@@ -134,8 +134,9 @@ def run_system(system: str, data: Path, model: str, threads: int, batch_size: in
 
         out["load_s"] = _timed(lambda: ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
                                                 log_to_driver=False))
-        # Parts big enough that each Embedder call sorts many notes by length, enough to keep both workers busy.
-        part_rows = max(batch_size, len(texts) // 16)
+        # The CLI's default part (1000 rows), but at least 4 parts so both workers have work on a small input,
+        # and no part smaller than a batch.
+        part_rows = min(1000, max(batch_size, len(texts) // 4))
         for name, folder in (("cold_s", "ray-cold"), ("warm_s", "ray-warm")):
             out[name] = _timed(lambda f=folder: embed_corpus(
                 data / "notes.parquet", data / f, model, backend="numpy", pooling="mean", normalize=True,

@@ -6,7 +6,14 @@ in this process (no HTTP, so it is favoured). Reports requests/s, tokens/s, p50 
 latency, the batched/unbatched ratio, and the largest difference between any answer and
 offline ``model.embed`` of the same note.
 
+``--engine-only`` measures the model's own ceiling instead, with no HTTP and no clients: the
+server's engine in this process, given ``--clients`` notes at once per round, with one request
+per forward and with batching at each ``--forward-costs`` (a forward's fixed cost in padded
+tokens; "budget" packs by the token budget alone). No batcher beats the ratio it reports: where a
+forward's cost grows with its padded tokens (a CPU), batching gains only the fixed cost.
+
     python benchmarks/bench_serve.py [--model DIR] [--backend numpy] [--clients 32] [--seconds 20]
+    python benchmarks/bench_serve.py --engine-only [--rounds 4] [--forward-costs 0,32,64,128,budget]
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--max-sentences", type=int, default=6, help="a note has 1 to this many sentences")
     ap.add_argument("--systems", default="batched,unbatched,sentence-transformers")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--engine-only", action="store_true", help="the model's ceiling: the engine in-process, no HTTP")
+    ap.add_argument("--forward-costs", default="0,32,64,128,budget", help="--engine-only: forward costs to compare")
     return ap.parse_args()
 
 
@@ -200,9 +209,54 @@ class SentenceTransformersThreads:
         pass
 
 
+def engine_only(model: str, texts: list[str]) -> dict:
+    """Seconds for the server's engine to answer ``--clients`` requests queued at once, per setting."""
+    from cbert.serve.engine import Engine
+    from cbert.serve.metrics import Metrics
+    from cbert.serve.pipeline import Pipeline
+
+    m = cbert.load(model, backend=ARGS.backend)
+    pipeline = Pipeline(m, "mean", False)
+    settings = {"one request per forward": dict(batch_across_requests=False)}
+    for cost in ARGS.forward_costs.split(","):
+        settings[f"batched, forward cost {cost}"] = dict(forward_tokens=10**9 if cost == "budget" else int(cost))
+    engines = {name: Engine(m, "mean", 16384, 10**6, Metrics(), **kw) for name, kw in settings.items()}
+    for e in engines.values():
+        e.start()
+    rng = np.random.default_rng(0)
+    seconds = dict.fromkeys(engines, 0.0)
+    try:
+        for r in range(ARGS.rounds + 1):  # round 0 warms every shape up, unmeasured
+            jobs = [pipeline.prepare([texts[i]], "input", False) for i in rng.choice(len(texts), ARGS.clients)]
+            for name, engine in engines.items():  # alternating: a shared machine's drifting load weighs on each
+                answered = threading.Semaphore(0)
+                start = time.perf_counter()
+                for job in jobs:
+                    engine.submit(job.windows, "pooled", 1, lambda result, a=answered: a.release())
+                for _ in jobs:
+                    answered.acquire()
+                seconds[name] += (time.perf_counter() - start) if r else 0.0
+    finally:
+        for e in engines.values():
+            e.stop()
+    base = seconds["one request per forward"]
+    for name, t in seconds.items():
+        print(f"{name:>32}: {ARGS.rounds * ARGS.clients / t:7.1f} requests/s  {base / t:5.2f}x one request per forward",
+              flush=True)
+    return {name: {"seconds": t, "over_one_per_forward": base / t} for name, t in seconds.items()}
+
+
 def main() -> int:
     model = ARGS.model or default_model_path()
     texts = notes(ARGS.notes, ARGS.max_sentences)
+    if ARGS.engine_only:
+        print(f"the engine in-process, no HTTP: {ARGS.clients} requests queued at once, {ARGS.rounds} rounds, "
+              f"backend {ARGS.backend}, {ARGS.threads} threads, notes of 1-{ARGS.max_sentences} sentences, load "
+              f"average {os.getloadavg()[0]:.1f}", flush=True)
+        results = engine_only(model, texts)
+        if ARGS.json:
+            Path(ARGS.json).write_text(json.dumps({"args": vars(ARGS), "engine_only": results}, indent=2))
+        return 0
     pooling, normalize = embedding_defaults(model)
     reference = cbert.load(model, backend="numpy")
     n_tokens = np.array([len(e.ids) for e in reference.tokenizer.encode(texts, check_length=False)])

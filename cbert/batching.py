@@ -4,7 +4,8 @@ Pure functions over sequence lengths, no model. Rows are padded to a small set o
 buckets, so a workload of every length meets a handful of shapes, and sequences are packed,
 shortest first, into batches whose padded cost (rows x bucket) stays within a token budget,
 as text-embeddings-inference's queue does (``core/src/queue.rs``). The server and
-``model.embed`` both batch through here.
+``cbert.ray.Embedder`` (so ``cbert embed-corpus``) batch through here; ``model.embed`` does when
+given ``max_batch_tokens``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ T = TypeVar("T")
 # Buckets: multiples of 16 up to 128 (short notes differ in length by little, and pay little
 # for padding), then multiples of 64 up to the model's maximum, which is always a bucket.
 FINE_STEP, FINE_LIMIT, COARSE_STEP = 16, 128, 64
-# A forward's padded tokens when the caller sets no budget (the server's --max-batch-tokens
-# default): at batch 32 it never binds below 512 tokens a row, and it bounds a forward's memory.
+
+# A forward's fixed cost (reading every weight once, launching each op) counted in padded tokens:
+# the server's default ``forward_tokens``. Measured with ``benchmarks/bench_serve.py --engine-only``
+# (all-MiniLM-L6-v2 on numpy, one BLAS thread): 32 packed fastest of 0, 32, 64, 128 and "budget only".
+FORWARD_COST_TOKENS = 32
+# The default token budget of one forward, TEI's --max-batch-tokens: the server's and embed-corpus's.
 MAX_BATCH_TOKENS = 16384
 
 

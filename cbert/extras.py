@@ -1,4 +1,4 @@
-"""Optional extras the tools need (torch, huggingface_hub, matplotlib), imported on demand.
+"""Optional extras the tools need (torch, huggingface_hub, matplotlib, shap, lime, ...), imported on demand.
 
 A missing one is a :class:`MissingDependency` (a ValueError, so the CLI prints one line and
 exits 2) that says which command installs it.
@@ -16,7 +16,13 @@ INSTALL = {
     "huggingface_hub": 'pip install "cbert[hub]"',
     "matplotlib": 'pip install "cbert[plot]"',
     "transformers": 'pip install transformers (with a CPU torch: ' + TORCH_HINT + ")",
+    "lancedb": 'pip install "cbert[lance]"',
     "onnxruntime": "pip install onnxruntime onnx",
+    # cbert explain's optional methods and its --png (Playwright drives the system's Chromium)
+    "shap": 'pip install "cbert[explain]"',
+    "lime": 'pip install "cbert[explain]"',
+    "networkx": 'pip install "cbert[explain]"',
+    "playwright": 'pip install "cbert[explain]"',
 }
 
 

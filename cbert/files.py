@@ -131,6 +131,18 @@ def check_writable(path: str | Path, overwrite: bool, flag: str = "--overwrite")
     return path
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for every thread
+    for a moment); 0o022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None], overwrite: bool = False,
                  flag: str = "--overwrite") -> Path:
     """Call ``write(file)`` on a temporary sibling of ``path`` and rename it into place."""
@@ -140,6 +152,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None], overwrite
     except OSError as e:
         raise UsageError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 -> the mode an ordinary new file gets
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -27,6 +27,11 @@ DROPOUT      inputs (x, dropout_seed [] int); attrs rate, salt. Training only (a
              inference has none): x * keep / (1 - rate), keep ~ Bernoulli(1 - rate) drawn from
              (seed, salt), so a backward pass redraws the same mask. Each backend has its own
              generator; a seed repeats a run on one backend, not across backends.
+LORA         inputs (y [..., M], x [..., K], a [r, K], b [N, r]); attrs scale, offset, activation.
+             act(y + scale * (x a^T) b^T), the low-rank term added to columns offset..offset+N of y:
+             a LoRA adapter's path beside the LINEAR that made y (activation "none") from x, offset
+             placing it in a fused Q/K/V output. Training only: inference merges the adapter into
+             the weight at load (cbert.checkpoint.adapter).
 
 Losses (Hugging Face's definitions; each gives a scalar [] float; see :mod:`cbert.losses`):
 
@@ -38,6 +43,16 @@ BCE_LOGITS   inputs (logits, target float in [0, 1], the same shape) -> mean bin
              of sigmoid(logits) (BCEWithLogitsLoss).
 PICK         inputs (x [..., n]); attrs index -> x[..., index]  (QA's start and end logits).
 WEIGHTED_SUM inputs (scalars...); attrs weights (one float each) -> sum w_i x_i.
+
+Distillation losses (DistilBERT's training code, transformers' examples/research_projects/distillation):
+
+KL_DIV       inputs (logits [..., C], target_logits [..., C] float[, mask [...] int]); attrs temperature.
+             KL(softmax(target / T) || softmax(logits / T)) summed over C, then averaged over the rows
+             whose mask is not 0 (all rows without a mask; 0 when none counts): KLDivLoss "batchmean"
+             over the selected rows. The T^2 factor is the caller's weight.
+COSINE       inputs (x [..., H], target [..., H] float[, mask [...] int]) -> the mean over the counted
+             rows of 1 - cos(x, target), cos = x.t / sqrt((|x|^2 + 1e-12)(|t|^2 + 1e-12))
+             (CosineEmbeddingLoss with target 1).
 
 The same rules as code: :data:`SHAPE_RULES` (one function per op) and :func:`infer_shapes`,
 which the checkpoint loader, the numpy executor and the wgpu planner all call. The one
@@ -63,16 +78,20 @@ class Op(Enum):
     FIRST_TOKEN = "first_token"
     CONCAT = "concat"
     DROPOUT = "dropout"
+    LORA = "lora"
     CROSS_ENTROPY = "cross_entropy"
     MSE = "mse"
     BCE_LOGITS = "bce_logits"
     PICK = "pick"
     WEIGHTED_SUM = "weighted_sum"
+    KL_DIV = "kl_div"
+    COSINE = "cosine"
 
 
 # Ops only a training graph holds (cbert.losses adds them): a forward computes its loss on the host
 # over the logits it returned, so only the numpy reference and gradient executors lower these.
-TRAINING_OPS = frozenset({Op.DROPOUT, Op.CROSS_ENTROPY, Op.MSE, Op.BCE_LOGITS, Op.PICK, Op.WEIGHTED_SUM})
+TRAINING_OPS = frozenset({Op.DROPOUT, Op.LORA, Op.CROSS_ENTROPY, Op.MSE, Op.BCE_LOGITS, Op.PICK, Op.WEIGHTED_SUM,
+                          Op.KL_DIV, Op.COSINE})
 
 # The label value CROSS_ENTROPY skips (PyTorch's and Hugging Face's ignore_index).
 IGNORE_INDEX = -100
@@ -322,6 +341,27 @@ def _dropout(c: _Check, rate: float, salt: int) -> Shape:
     return c.shapes[0]
 
 
+def _lora(c: _Check, scale: float, offset: int, activation: str) -> Shape:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"node {c.node.output!r} (LORA): activation {activation!r} is not one of {ACTIVATIONS}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"node {c.node.output!r} (LORA): scale must be a number; got {scale!r}")
+    y, x = c.shapes[0], c.shapes[1]
+    if not x:
+        c.fail(1, "at least 1 dimension ([..., K])")
+    if y[:-1] != x[:-1]:
+        c.fail(0, f"{x[:-1]} + (M,) (the rows of operand 1)")
+    r, k = c.rank(2, 2, "[r, K] (lora_A)")
+    if k != x[-1]:
+        c.fail(2, f"({r}, {x[-1]}): its K must equal the last dimension of operand 1")
+    n, _ = c.rank(3, 2, "[N, r] (lora_B)")
+    if c.shapes[3][1] != r:
+        c.fail(3, f"({n}, {r}): its r must equal operand 2's")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + n > y[-1]:
+        c.fail(3, f"at most {y[-1]} - offset {offset!r} rows (columns offset..offset+N of operand 0)")
+    return y
+
+
 def _cross_entropy(c: _Check, reduction: str) -> Shape:
     if reduction not in REDUCTIONS:
         raise ValueError(f"node {c.node.output!r} (CROSS_ENTROPY): reduction {reduction!r} is not one of {REDUCTIONS}")
@@ -355,6 +395,27 @@ def _weighted_sum(c: _Check, weights: tuple) -> Shape:
     return ()
 
 
+def _row_loss(c: _Check) -> Shape:
+    """(x [..., n], target of x's shape[, mask of x's rows]) -> a scalar: KL_DIV's and COSINE's operands."""
+    if len(c.shapes) not in (2, 3):
+        raise ValueError(f"node {c.node.output!r} ({c.node.op.name}): expected (x, target[, mask]); "
+                         f"got {len(c.shapes)} operands")
+    x = c.shapes[0]
+    if not x:
+        c.fail(0, "at least 1 dimension ([..., n])")
+    if c.shapes[1] != x:
+        c.fail(1, f"{x} (the shape of operand 0)")
+    if len(c.shapes) == 3 and c.shapes[2] != x[:-1]:
+        c.fail(2, f"{x[:-1]} (one mask entry per row of operand 0)")
+    return ()
+
+
+def _kl_div(c: _Check, temperature: float) -> Shape:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"node {c.node.output!r} (KL_DIV): temperature must be a positive number; got {temperature!r}")
+    return _row_loss(c)
+
+
 # op -> its shape rule: the operands' shapes (and the node's attrs, as keywords) -> the
 # output's shape. Each rule checks what its op reads and raises a ValueError naming the
 # node and the operand that disagrees.
@@ -370,11 +431,14 @@ SHAPE_RULES: dict[Op, Callable[..., Shape]] = {
     Op.FIRST_TOKEN: _first_token,
     Op.CONCAT: _concat,
     Op.DROPOUT: _dropout,
+    Op.LORA: _lora,
     Op.CROSS_ENTROPY: _cross_entropy,
     Op.MSE: _same_shape_loss,
     Op.BCE_LOGITS: _same_shape_loss,
     Op.PICK: _pick,
     Op.WEIGHTED_SUM: _weighted_sum,
+    Op.KL_DIV: _kl_div,
+    Op.COSINE: _row_loss,
 }
 
 # The attrs each op takes: its rule's keyword parameters.

@@ -37,17 +37,18 @@ class ModelOutput(dict):
 
 
 def load(path: str | Path, backend: str = "auto", dtype: str = "float32", device: str | None = None,
-         mlm_mode: str = "auto", copy_weights: bool = False) -> Model:
+         mlm_mode: str = "auto", copy_weights: bool = False, adapter: str | Path | None = None) -> Model:
     """Load a checkpoint folder (config.json, model.safetensors, tokenizer.json or vocab.txt).
 
     The weights file is memory-mapped (no copy) unless ``copy_weights=True``. A file replaced
     (renamed over) while the model lives is harmless; one changed in place is detected before
     each host-side computation and reported as a CheckpointError, since reading a truncated map
     would crash the process (SIGBUS). ``copy_weights=True`` makes the model independent of it.
+    ``adapter``: a PEFT LoRA adapter folder, merged into the weights at load (every backend runs it).
     """
     if mlm_mode not in MLM_MODES:
         raise InputError(f"mlm_mode={mlm_mode!r}; choose one of {', '.join(MLM_MODES)}")
-    ckpt = load_checkpoint(path, copy=copy_weights)
+    ckpt = load_checkpoint(path, copy=copy_weights, adapter=adapter)
     return Model(ckpt, get_backend(backend, dtype, device), mlm_mode)
 
 
@@ -288,6 +289,32 @@ class Model:
         """Hugging Face fill-mask pipeline results: for each [MASK], the top_k candidates."""
         return tasks.fill_mask(self, text, top_k)
 
+    # -- explanations (cbert.explain) ------------------------------------------------------------
+
+    def explain(self, text: str, target=None, task: str | None = None, method: str = "integrated-gradients",
+                **kwargs):
+        """Per-token attributions of this model's prediction on ``text`` (``cbert.explain.Explanation``):
+        ``method`` one of ``cbert.explain.METHODS``; ``task`` classify, fill-mask, ner or qa (None: the
+        checkpoint's); ``target`` a label, masked-position token, entity text or answer text (None: the
+        prediction). ``kwargs``: question, aggregation, stride, batch_size, steps, baseline, seed, shap_evals,
+        lime_samples."""
+        from .explain import explain
+
+        return explain(self, text, target, task, method, **kwargs)
+
+    def predict_proba(self, texts, aggregation: str = "mean", stride: int | None = None,
+                      batch_size: int = 32) -> np.ndarray:
+        """[n texts, labels]: a classifier's label probabilities (long notes windowed as ``classify``),
+        the function shap, lime and scikit-learn expect."""
+        return tasks.classify_probabilities(self, texts, aggregation, stride, batch_size)
+
+    def counterfactuals(self, text: str, target=None, max_edits: int = 2, mlm=None, **kwargs) -> list[dict]:
+        """The smallest word substitutions (proposed by this model's masked-LM head, or by ``mlm``, a companion
+        masked-LM checkpoint) that change the predicted label (to ``target`` when given)."""
+        from .explain.counterfactuals import counterfactuals
+
+        return counterfactuals(self, text, target, max_edits, mlm, **kwargs)
+
     # -- gradients (the learning issue: numpy and MLX gradient executors) ---------------------
 
     def loss_and_grads(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -312,6 +339,35 @@ class Model:
         outputs, grads = run({**{k: inputs[k] for k in reads if k in inputs}, **given})
         names = self.checkpoint.tensor_names
         return float(outputs["loss"]), {names[k]: run.to_host(g) for k, g in grads.items()}
+
+    # -- loss from text (lucid's get_loss_from_text; the data side of the learning issue) ----------
+
+    def loss_from_text(self, text_a: str, text_b: str | None = None, is_next: bool = True,
+                       mask_prob: float = 0.15, seed: int = 0) -> dict:
+        """The pre-training loss of a text or a pair, as lucid's ``get_loss_from_text``: ``mask_prob`` of
+        the non-special tokens masked by :func:`cbert.train.mask_tokens` (80% mask token, 10% random,
+        10% kept; at least one, seeded by ``seed``) and the masked-LM loss over them; for a pair on a
+        checkpoint with a next-sentence head (BertForPreTraining) also the NSP loss of ``is_next``
+        (label 0: text_b follows text_a, 1: it does not), and ``loss`` is their sum, as the class computes it.
+
+        Returns ``{"loss", "mlm_loss", "nsp_loss", "masked": n}``. ``nsp_loss`` is None for a masked-LM-only
+        checkpoint (BertForMaskedLM, ...) or a single text, and ``loss`` is then ``mlm_loss``."""
+        from .tasks.arguments import flag, string
+        from .train.masking import mask_tokens
+
+        if not self.checkpoint.heads.mlm:
+            raise CheckpointError(f"{self.checkpoint.weights_file}: loss_from_text needs a masked-LM head; this "
+                                  f"checkpoint is a {self.checkpoint.architecture}")
+        text_a = string(text_a, "text_a")
+        text_b = None if text_b is None else string(text_b, "text_b")
+        flag(is_next, "is_next")
+        enc = self.tokenizer(text_a, text_pair=text_b)
+        ids, labels = mask_tokens(enc["input_ids"], self.tokenizer, mask_prob, seed=seed)
+        nsp = text_b is not None and self.checkpoint.heads.nsp
+        out = self.forward(ids, enc["attention_mask"], enc.get("token_type_ids"), labels=labels,
+                           next_sentence_label=[0 if is_next else 1] if nsp else None)
+        return {"loss": out["loss"], "mlm_loss": out["mlm_loss"], "nsp_loss": out["nsp_loss"] if nsp else None,
+                "masked": int((labels != -100).sum())}
 
 
 def _label_outputs(heads, given: dict) -> set[str]:

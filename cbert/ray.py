@@ -11,7 +11,7 @@ adds ``vector`` (a fixed-size list of float32), ``n_tokens`` (the note's length 
 special tokens included, before windowing) and ``n_windows``; ``ClassifyRow`` adds ``label``
 and ``score``; ``NerRow`` adds ``entities``. Long notes are windowed exactly as
 ``Model.embed``, ``Model.classify`` and ``Model.ner`` window them, because these classes call
-them. The classes themselves need pyarrow, not Ray: the single-process path of
+the same task functions. The classes themselves need pyarrow, not Ray: the single-process path of
 ``cbert embed-corpus`` calls the same ``Embedder``.
 """
 
@@ -21,8 +21,10 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from .batching import MAX_BATCH_TOKENS
 from .errors import InputError
 from .extras import MissingDependency, need
+from .tasks.embed import embed
 from .tasks.windows import split
 
 __all__ = ["ClassifyRow", "Embedder", "NerRow", "require_ray"]
@@ -126,15 +128,18 @@ class Embedder(_TextTask):
     """Adds ``vector`` (fixed-size list of float32), ``n_tokens`` and ``n_windows`` to each batch.
 
     ``pooling``, ``normalize``, ``window_aggregation``, ``truncation`` and ``stride`` mean what they
-    mean to ``Model.embed``.
+    mean to ``Model.embed``. A batch's windows are packed into forwards as the server packs them:
+    at most ``max_batch_tokens`` padded tokens and ``batch_size`` windows each, sorted by length.
     """
 
     def __init__(self, model: str, backend: str = "auto", dtype: str = "float32", pooling: str = "mean",
                  normalize: bool = False, text_column: str = "text", batch_size: int = 32, stride: int | None = None,
-                 window_aggregation: str = "mean", truncation: bool = False):
+                 window_aggregation: str = "mean", truncation: bool = False,
+                 max_batch_tokens: int = MAX_BATCH_TOKENS):
         super().__init__(model, backend, dtype, text_column, batch_size, stride)
         self.pooling, self.normalize = pooling, normalize
         self.window_aggregation, self.truncation = window_aggregation, truncation
+        self.max_batch_tokens = max_batch_tokens
 
     def columns(self, texts: list[str]) -> dict:
         pa = _arrow()
@@ -142,8 +147,9 @@ class Embedder(_TextTask):
         # Counted on the encodings Model.embed windows: the same tokenizer, truncation and stride.
         encodings = m.tokenizer.encode(texts, truncation=self.truncation, check_length=False)
         n_windows = [len(split(e, m.config.max_seq_len, self.stride)) for e in encodings]
-        vectors = m.embed(texts, pooling=self.pooling, normalize=self.normalize, batch_size=self.batch_size,
-                          truncation=self.truncation, window_aggregation=self.window_aggregation, stride=self.stride)
+        vectors = embed(m, texts, pooling=self.pooling, normalize=self.normalize, batch_size=self.batch_size,
+                        truncation=self.truncation, window_aggregation=self.window_aggregation, stride=self.stride,
+                        max_batch_tokens=self.max_batch_tokens)
         return {"vector": vectors_array(vectors), "n_tokens": pa.array([len(e.ids) for e in encodings], pa.int32()),
                 "n_windows": pa.array(n_windows, pa.int32())}
 

@@ -111,3 +111,21 @@ def test_missing_default_model_says_how_to_install(tmp_path):
 def test_help_names_the_default_model():
     r = run("embed", "--help")
     assert "all-MiniLM-L6-v2" in r.stdout and "ClinicalBERT" in r.stdout
+
+
+def test_every_commands_help_renders():
+    """argparse formats help lazily: a stray % in one command's help broke `cbert --help` for all."""
+    import argparse
+
+    from cbert.cli import build_parser
+
+    parser = build_parser()
+    parser.format_help()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for sub in subs:
+        for name, p in sub.choices.items():
+            assert name in p.format_help()
+            for action in p._actions:  # nested groups (cbert train distill, ...)
+                if isinstance(action, argparse._SubParsersAction):
+                    for q in action.choices.values():
+                        q.format_help()

@@ -18,6 +18,7 @@ from conftest import WORDS, assert_close, run_cli
 from test_families import family_checkpoints  # noqa: F401  (the fixture)
 
 import cbert
+from cbert.batching import bucket_for
 from cbert.cli import main
 from cbert.corpus import embed_corpus, read_output
 from cbert.extras import MissingDependency
@@ -95,13 +96,35 @@ def test_single_process_equals_model_embed(tiny_corpus, tmp_path):
     assert max(table.column("n_windows").to_pylist()) > 1, "the corpus should have notes longer than a window"
     assert (s["rows"], s["skipped"], s["ran_on"]) == (len(texts), 0, "this process")
     assert s["tokens"] == sum(table.column("n_tokens").to_pylist())
-    assert len(list(out.glob("part-*.parquet"))) == -(-len(texts) // 7)
+    per_file = [len(texts) // 3, 2 * len(texts) // 3 - len(texts) // 3, len(texts) - 2 * len(texts) // 3]
+    assert len(list(out.glob("part-*.parquet"))) == sum(-(-n // 7) for n in per_file)  # parts never span files
     # The folder reads as a plain Parquet dataset (the job file and temporary names are hidden from readers).
     assert pq.read_table(out).num_rows == len(texts)
     # Run again: the same job, nothing left to do.
     s = embed_corpus(corpus, out, folder, text_column="body", id_column="note_id", backend="numpy", ray="none",
                      progress=False)
     assert (s["rows"], s["skipped"], s["resumed"]) == (0, len(texts), True)
+
+
+def test_lance_table_equals_parquet_output(tiny_corpus, tmp_path):
+    import lancedb
+
+    corpus, folder, _, _ = tiny_corpus
+    kw = dict(text_column="body", id_column="note_id", backend="numpy", ray="none", part_rows=7, progress=False)
+    embed_corpus(corpus, tmp_path / "parquet", folder, **kw)
+    s = embed_corpus(corpus, tmp_path / "notes.lance", folder, format="lance", **kw)
+    assert s["output"] == str(tmp_path / "notes.lance") and s["rows"] == 32
+    want = read_output(tmp_path / "parquet")
+    got = lancedb.connect(tmp_path).open_table("notes").to_arrow()
+    assert got.schema.field("vector").type == want.schema.field("vector").type  # fixed-size float32 list
+    assert got.column_names == want.column_names
+    for name in want.column_names:  # row by row, in the input's order
+        assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.lance", "parquet"]  # no parts or temporaries left
+    with pytest.raises(cbert.InputError, match="exists; pass --overwrite"):
+        embed_corpus(corpus, tmp_path / "notes.lance", folder, format="lance", **kw)
+    embed_corpus(corpus, tmp_path / "notes.lance", folder, format="lance", overwrite=True, **kw)
+    assert lancedb.connect(tmp_path).open_table("notes").count_rows() == want.num_rows
 
 
 def test_ray_equals_single_process(ray_runtime, tiny_corpus, tmp_path):
@@ -119,6 +142,12 @@ def test_ray_equals_single_process(ray_runtime, tiny_corpus, tmp_path):
     assert b.column("n_tokens").equals(a.column("n_tokens")) and b.column("n_windows").equals(a.column("n_windows"))
     assert_close(np.array(b.column("vector").to_pylist()), np.array(a.column("vector").to_pylist()),
                  "Ray vs single process", 1e-6)
+    # One chunk loop cuts the parts on both paths: the same part files, holding the same rows.
+    parts = sorted(p.name for p in (tmp_path / "here").glob("part-*.parquet"))
+    assert sorted(p.name for p in (tmp_path / "ray").glob("part-*.parquet")) == parts
+    for name in parts:
+        assert pq.read_table(tmp_path / "ray" / name).column("note_id").equals(
+            pq.read_table(tmp_path / "here" / name).column("note_id")), name
 
 
 def test_killed_run_resumes_on_a_ray_cluster(ray_runtime, tmp_path):
@@ -147,13 +176,13 @@ def test_killed_run_resumes_on_a_ray_cluster(ray_runtime, tmp_path):
     written = len(list(out.glob("part-*.parquet")))
     assert 3 <= written < n_parts, (f"the run was to be killed halfway; it had written {written} of {n_parts} "
                                     f"parts: {err.decode()[-500:]}")
-    (out / ".tmp-part-00000-0000000038-dead.parquet").write_bytes(b"half a part")  # as if killed mid-write
+    (out / ".part-00000-0000000038.parquet.dead.tmp").write_bytes(b"half a part")  # as if killed mid-write
     address = ray_runtime.get_runtime_context().gcs_address
     r = run_cli(*args, "--ray", address, "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert f"embedded {len(texts) - 2 * written} rows, {2 * written} already there" in r.stdout, r.stdout
     assert "on Ray (2 workers)" in r.stdout and "tokens/s" in r.stdout, r.stdout
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.glob(".*.tmp"))
     table = read_output(out)
     assert sorted(table.column("id").to_pylist()) == ids
     got = dict(zip(table.column("id").to_pylist(), table.column("vector").to_pylist()))
@@ -212,6 +241,26 @@ def test_classes_take_any_batch_format(checkpoints):
         embedder(pa.table({"body": ["a", None]}))
 
 
+def test_embedder_packs_forwards_by_the_token_budget(checkpoints):
+    folder, _ = checkpoints("odd13")
+    texts = _notes(20, seed=5, max_words=60)  # some longer than the model's 40 positions: windows
+    embedder = Embedder(folder, backend="numpy", batch_size=8, max_batch_tokens=96)
+    shapes, forward = [], embedder.model.forward
+
+    def recording(**inputs):
+        shapes.append(inputs["input_ids"].shape)
+        return forward(**inputs)
+
+    embedder.model.forward = recording
+    out = embedder(pa.table({"text": texts}))
+    assert_close(np.array(out.column("vector").to_pylist()), cbert.load(folder, backend="numpy").embed(texts),
+                 "token-budget packing vs model.embed", 1e-5)
+    # numpy pads a batch to its longest row, other backends to its bucket: the budget counts the bucket.
+    max_len = embedder.model.config.max_seq_len
+    assert all(rows <= 8 and rows * bucket_for(seq, max_len) <= 96 for rows, seq in shapes), shapes
+    assert sum(rows for rows, _ in shapes) == sum(out.column("n_windows").to_pylist())
+
+
 def test_without_ray_it_runs_here(tiny_corpus, tmp_path, monkeypatch, capsys):
     corpus, folder, texts, model = tiny_corpus
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
@@ -248,6 +297,10 @@ def _bad_inputs(tmp: Path) -> dict:
     cases["malformed JSONL"] = (text("e.jsonl", b'{"id": 1, "text": "x"}\n{"id": 2, "text": "y"\n'),
                                 "e.jsonl:2: not valid JSON")
     cases["JSONL float id"] = (text("f.jsonl", b'{"id": 1.5, "text": "x"}\n'), "f.jsonl:1: the id ('id') is float")
+    # Parquet's writers need not check UTF-8: bytes viewed as a string column, as a careless writer leaves them.
+    latin1 = pa.array([b"fine", b"caf\xe9 au lait"], pa.binary()).view(pa.string())
+    cases["non-UTF-8 Parquet"] = (parquet("j.parquet", id=[1, 2], text=latin1),
+                                  "j.parquet: row 2: the text ('text') is not UTF-8")
     cases["non-UTF-8 CSV"] = (text("g.csv", b"id,text\n1,fine\n2,caf\xe9\n"), "g.csv:3: not UTF-8")
     cases["CSV row too short"] = (text("h.csv", b"id,text\n1\n"), "h.csv:2: 1 fields, but the header has 2")
     cases["unknown format"] = (text("notes.txt", b"one note\n"), "notes.txt: unknown format '.txt'")

@@ -55,6 +55,11 @@ def _op_cases():
         ("concat_columns", Op.CONCAT, (normal(3, 2), normal(3, 5)), dict(axis=1), FD_TOL),
         ("dropout", Op.DROPOUT, (normal(3, 5), np.array(7)), dict(rate=0.3, salt=2), FD_TOL),
         ("dropout_off", Op.DROPOUT, (normal(3, 5), np.array(7)), dict(rate=0.0, salt=0), FD_TOL),
+        # LoRA's path: over a whole output (an activation after it) and over a part of a fused one
+        ("lora_gelu", Op.LORA, (normal(2, 3, 5), normal(2, 3, 4), normal(2, 4), normal(5, 2)),
+         dict(scale=1.5, offset=0, activation="gelu"), GELU_TOL),
+        ("lora_part", Op.LORA, (normal(2, 3, 9), normal(2, 3, 4), normal(3, 4), normal(5, 3)),
+         dict(scale=0.5, offset=2, activation="none"), FD_TOL),
         ("cross_entropy_mean", Op.CROSS_ENTROPY, (normal(2, 5, 4), labels), dict(reduction="mean"), FD_TOL),
         ("cross_entropy_sum", Op.CROSS_ENTROPY, (normal(2, 5, 4), labels), dict(reduction="sum"), FD_TOL),
         ("cross_entropy_none_counted", Op.CROSS_ENTROPY, (normal(3, 4), np.full(3, IGNORE_INDEX)),
@@ -64,6 +69,11 @@ def _op_cases():
         ("pick", Op.PICK, (normal(2, 3, 2),), dict(index=1), FD_TOL),
         ("weighted_sum", Op.WEIGHTED_SUM, (np.array(normal()), np.array(normal())), dict(weights=(1.0, 0.25)),
          FD_TOL),
+        # distillation (cbert.train.distill): a padded position in each row is left out by the mask
+        ("kl_div_masked", Op.KL_DIV, (normal(2, 4, 5), 2 * normal(2, 4, 5), mask), dict(temperature=2.0), FD_TOL),
+        ("kl_div_rows", Op.KL_DIV, (normal(3, 6), normal(3, 6)), dict(temperature=1.0), FD_TOL),
+        ("cosine_masked", Op.COSINE, (normal(2, 4, 6), normal(2, 4, 6), mask), {}, FD_TOL),
+        ("cosine_rows", Op.COSINE, (normal(3, 5), normal(3, 5)), {}, FD_TOL),
     ]
     return cases
 

@@ -323,3 +323,18 @@ def test_no_header_case_leaks_a_python_error(tmp_path):
         path = write_safetensors(tmp_path / f"{i}.safetensors", header, bytes(8))
         with pytest.raises(cbert.CheckpointError, match=r"tensor 'w'"):
             SafetensorsFile(path)
+
+
+def test_an_atomic_write_gets_an_ordinary_files_mode(tmp_path):
+    """The temporary sibling is mkstemp's 0600; the output a user asked for is 0666 less the umask,
+    as any new file (a report meant to be opened by others was once readable by its owner only)."""
+    import os
+
+    from cbert.files import write_atomic
+
+    umask = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "report.html", lambda f: f.write(b"<html></html>"))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -209,12 +209,14 @@ def test_tokenize_info_health_metrics(minilm):
 
 
 @pytest.mark.parametrize("batch_across_requests", [True, False])
-def test_concurrent_clients_share_forwards_and_equal_serial(batch_across_requests):
-    path = minilm_path()
-    model, ref = cbert.load(path, backend="numpy"), cbert.load(path, backend="numpy")
+def test_concurrent_clients_share_forwards_and_equal_serial(checkpoints, batch_across_requests):
+    # A tiny model of 40 positions: notes of a few dozen words already span several windows.
+    folder, _ = checkpoints("odd13")
+    model, ref = cbert.load(folder, backend="numpy"), cbert.load(folder, backend="numpy")
     gate = Gate(model)
-    requests = [[t] for t in TEXTS] + [TEXTS[:2], TEXTS[1:], [long_text(700, seed=2), TEXTS[3]]]
-    requests += [[f"note {i}: {TEXTS[i % 4].lower()}"] for i in range(6)]
+    notes = [long_text(n, seed=n) for n in (3, 8, 20, 30)]
+    requests = [[t] for t in notes] + [notes[:2], notes[1:], [long_text(90, seed=2), notes[3]]]
+    requests += [[f"patient {i} {notes[i % 4]}"] for i in range(6)]
     # forward_tokens: pack by the budget alone, so the count of forwards below is exact.
     with serving(model, pooling="mean", normalize=True, batch_across_requests=batch_across_requests,
                  forward_tokens=10**6) as (url, app):
@@ -338,6 +340,23 @@ def test_bad_inputs_are_4xx_naming_the_field_and_the_server_keeps_serving(checkp
         assert call(url, "/embed", {"inputs": [long_text(150)], "truncate": True})[0] == 200
         assert call(url, "/nowhere", {"inputs": "a"})[0] == 404
     assert call_refused(url)
+
+
+def test_dimensions_keeps_the_first_d_and_renormalizes(checkpoints):
+    """On a server that does not normalize, a cut vector is still renormalized (as OpenAI's dimensions and a
+    Matryoshka model's users expect), unless a TEI request says normalize: false."""
+    folder, _ = checkpoints("odd13")
+    texts = ["the patient was given iv mg", "no fever"]
+    full = cbert.load(folder, backend="numpy").embed(texts, normalize=False)
+    cut = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    with serving(cbert.load(folder, backend="numpy"), normalize=False) as (url, _):
+        status, _, got = call(url, "/v1/embeddings", {"input": texts, "dimensions": 8})
+        assert status == 200, got
+        assert_close(np.array([d["embedding"] for d in got["data"]]), cut, "OpenAI dimensions=8", TOL)
+        assert_close(np.array(call(url, "/embed", {"inputs": texts, "dimensions": 8})[2]), cut, "TEI dimensions=8", TOL)
+        raw = call(url, "/embed", {"inputs": texts, "dimensions": 8, "normalize": False})[2]
+        assert_close(np.array(raw), full[:, :8], "TEI dimensions=8, normalize=false", TOL)
+        assert_close(np.array(call(url, "/embed", {"inputs": texts})[2]), full, "no dimensions: as served", TOL)
 
 
 def test_a_failed_forward_fails_its_requests_and_the_server_recovers(checkpoints):

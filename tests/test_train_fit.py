@@ -163,58 +163,11 @@ def test_length_grouped_batches_equal_transformers(monkeypatch):
         assert lengths[ours[0][0]] == max(lengths)
 
 
-# -- fit: runs on a tiny checkpoint, with a stand-in for cbert.train.data's TaskData ----------------------
-
-class TinySeqCls:
-    """cbert.train.data's TaskData contract for seq-cls (texts tokenized whole), small enough to read."""
-
-    task = "seq-cls"
-    problem_type = "single_label_classification"
-
-    def __init__(self, rows: list[tuple[list[int], int]], label_names: list[str]):
-        self.rows, self.label_names = rows, label_names
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids, _ in self.rows]
-
-    def collate(self, indices, seed: int) -> dict:
-        width = max(len(self.rows[i][0]) for i in indices)
-        ids = np.zeros((len(indices), width), np.int64)
-        mask = np.zeros_like(ids)
-        for r, i in enumerate(indices):
-            ids[r, :len(self.rows[i][0])] = self.rows[i][0]
-            mask[r, :len(self.rows[i][0])] = 1
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
-                "labels": np.array([self.rows[i][1] for i in indices], np.int64)}
-
-    def evaluate(self, run, batch_size: int) -> dict:
-        right, losses = 0, []
-        for start in range(0, len(self), batch_size):
-            idx = list(range(start, min(start + batch_size, len(self))))
-            batch = self.collate(idx, 0)
-            out = run(batch)
-            right += int((out["logits"].argmax(-1) == batch["labels"]).sum())
-            losses.append(float(out["loss"]))
-        return {"accuracy": right / len(self), "loss": float(np.mean(losses)), "main": "accuracy"}
-
-
-def _read_task(task, path, tokenizer, config, *, label2id=None, max_length=None, stride=None, aggregation="mean",
-               whole_word=False):
-    rows = [json.loads(line) for line in open(path)]
-    names = sorted({r["label"] for r in rows}) if label2id is None else sorted(label2id, key=label2id.get)
-    enc = tokenizer([r["text"] for r in rows])
-    ids = [row[m.astype(bool)].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
-    return TinySeqCls([(i, names.index(r["label"])) for i, r in zip(ids, rows)], names)
-
+# -- fit: runs on a tiny checkpoint, reading its data with cbert.train.data --------------------------------
 
 @pytest.fixture
-def tiny_data(monkeypatch, tmp_path):
-    """Assertion-style sentences (negated when they say "denies" or "no"), train and dev files, read by
-    the stand-in reader."""
-    monkeypatch.setitem(__import__("sys").modules, "cbert.train.data", types.SimpleNamespace(read_task=_read_task))
+def tiny_data(tmp_path):
+    """Assertion-style sentences (negated when they say "denies" or "no"), train and dev files."""
     rng = np.random.default_rng(0)
     words = "the patient was given for pain chest fever cough and with heart failure copd".split()
 

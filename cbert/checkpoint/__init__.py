@@ -123,8 +123,9 @@ def resolve_heads(cfg: ModelConfig, names: dict[str, tuple[int, ...]], source: s
     return arch, out, heads(set(kinds) | extra)
 
 
-def load_checkpoint(path: str | Path, copy: bool = False) -> Checkpoint:
-    """``copy=True`` reads the weights into private memory instead of memory-mapping the file."""
+def load_checkpoint(path: str | Path, copy: bool = False, adapter: str | Path | None = None) -> Checkpoint:
+    """``copy=True`` reads the weights into private memory instead of memory-mapping the file.
+    ``adapter``: a PEFT LoRA adapter folder, merged into the weights here (:mod:`.adapter`)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint folder")
@@ -144,8 +145,18 @@ def load_checkpoint(path: str | Path, copy: bool = False) -> Checkpoint:
     for name, better in family.bias_twins.items():
         if better in canon:
             canon[name] = canon.pop(better)
-    arch, heads, loaded = resolve_heads(cfg, {n: st.shape(r) for n, r in canon.items()},
-                                        str(folder / "config.json"))
+    # A LoRA adapter: its merged weights (and a head it trained) stand in for the file's tensors.
+    merged: dict[str, np.ndarray] = {}
+    if adapter is not None:
+        from .adapter import merge_adapter
+
+        cfg, merged = merge_adapter(adapter, cfg, canon, st)
+        canon.update({n: n for n in merged if n not in canon})
+
+    def shape_of(name: str) -> tuple[int, ...]:
+        return tuple(merged[name].shape) if name in merged else st.shape(canon[name])
+
+    arch, heads, loaded = resolve_heads(cfg, {n: shape_of(n) for n in canon}, str(folder / "config.json"))
     graph = build_graph(cfg, loaded, output_hidden_states=True)
     want = graph.param_shapes
 
@@ -164,13 +175,13 @@ def load_checkpoint(path: str | Path, copy: bool = False) -> Checkpoint:
             f"{cfg.num_hidden_layers} layers, nor of any head cbert knows")
     params: dict[str, np.ndarray] = {}
     for name, shape in want.items():
-        got = st.shape(canon[name])
+        got = shape_of(name)
         if got != shape:
             raise CheckpointError(
                 f"{weights_file}: tensor {canon[name]!r} has shape {list(got)}, expected {list(shape)} "
                 f"from config.json (hidden_size={cfg.hidden_size}, intermediate_size={cfg.intermediate_size}, "
                 f"vocab_size={cfg.vocab_size}, max_position_embeddings={cfg.max_position_embeddings})")
-        a = st.get(canon[name])
+        a = merged[name] if name in merged else st.get(canon[name])
         if a.dtype != np.float32:
             raise CheckpointError(f"{weights_file}: tensor {canon[name]!r} has dtype {a.dtype}, expected a float")
         if not np.isfinite(a).all():

@@ -1,5 +1,5 @@
 """The ``cbert`` command line, one module per command group: tasks (embed, fill-mask, classify,
-ner, qa), inspect (info, devices) and tools (prepare, download, parity, bench, attention).
+ner, qa), inspect (info, devices), tools (prepare, download, parity, bench, attention) and explain.
 
 Every error a user can cause (a bad path, a bad checkpoint, a bad input, a backend that
 is not installed) is one line on stderr and exit status 2.
@@ -13,8 +13,10 @@ import sys
 
 from .. import __version__
 from ..errors import BackendUnavailable, CheckpointError, InputError, UsageError
+from .adapt import add_adapt_parsers
 from .common import default_model_path
 from .corpus import add_corpus_parser
+from .explain import add_explain_parser
 from .inspect import add_inspect_parsers
 from .serve import add_serve_parser
 from .tasks import add_task_parsers
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_corpus_parser(sub)
     add_train_parser(sub)
+    add_explain_parser(sub)
+    add_adapt_parsers(sub)
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..batching import MAX_BATCH_TOKENS
 from ..tasks.embed import EmbeddingDefaults
 from .common import DEFAULT_MODEL_HELP, add_model_args, add_window_args, default_model_path
 
@@ -19,7 +20,8 @@ def cmd_embed_corpus(args) -> int:
                      pooling=pooling, normalize=normalize, backend=args.backend, dtype=args.dtype,
                      batch_size=args.batch_size, stride=args.stride, window_aggregation=args.window_aggregation,
                      truncation=args.truncate, ray=args.ray, workers=args.workers, part_rows=args.part_rows,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, max_batch_tokens=args.max_batch_tokens,
+                     format=args.format)
     skipped = f", {s['skipped']:,} already there" if s["skipped"] else ""
     print(f"embedded {s['rows']:,} rows{skipped}: {s['tokens']:,} tokens in {s['windows']:,} windows, "
           f"{s['tokens_per_s']:,.0f} tokens/s, {s['rows_per_s']:,.1f} rows/s on {s['ran_on']} "
@@ -46,13 +48,19 @@ def add_corpus_parser(sub) -> None:
     c.add_argument("--ray", default="auto", metavar="auto|local|none|ADDRESS", help=(
         "auto (default): Ray when installed, on the cluster at RAY_ADDRESS or a local runtime started here, else "
         "this process; local: a local Ray runtime; none: this process only; ADDRESS: that Ray cluster "
-        "(IN and OUT must then be paths every node reads and writes)"))
+        "(its nodes need cbert and the model folder; only this process reads IN and writes OUT)"))
     c.add_argument("--workers", type=int, default=None,
                    help="Ray actors embedding in parallel, each loading the model once (default: one per CPU)")
-    c.add_argument("--batch-size", type=int, default=32, help="windows per forward")
+    c.add_argument("--batch-size", type=int, default=32, help="most windows per forward (default 32)")
+    c.add_argument("--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS, help=(
+        f"token budget of one forward: rows x padded length; windows are packed as cbert serve packs them "
+        f"(default {MAX_BATCH_TOKENS})"))
     c.add_argument("--part-rows", type=int, default=1000,
                    help="rows per output part file: the most work a killed run can lose")
     add_window_args(c, "note")
+    c.add_argument("--format", choices=["parquet", "lance"], default="parquet", help=(
+        "parquet (default): OUT is a folder of Parquet parts; lance: OUT is a LanceDB table folder NAME.lance "
+        "(lancedb.connect(its parent).open_table(NAME)), built from the same resumable parts when all are done"))
     c.add_argument("--overwrite", action="store_true",
                    help="replace OUT when it holds a different embed-corpus job (or is a file)")
     c.set_defaults(func=cmd_embed_corpus)

@@ -10,6 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
+from ..batching import FORWARD_COST_TOKENS, MAX_BATCH_TOKENS
 from ..errors import UsageError
 from .common import DEFAULT_MODEL_HELP, add_model_args, add_window_args, default_model_path, load_model
 
@@ -110,12 +111,13 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: loopback only; any other address requires --api-key)")
     s.add_argument("--port", type=int, default=8080, help="port (0: any free port; the one chosen is printed)")
-    s.add_argument("--max-batch-tokens", type=_positive, default=16384,
-                   help="token budget of one forward: rows x padded length (default 16384)")
-    s.add_argument("--forward-cost-tokens", type=_non_negative, default=32, metavar="N", help=(
+    s.add_argument("--max-batch-tokens", type=_positive, default=MAX_BATCH_TOKENS,
+                   help=f"token budget of one forward: rows x padded length (default {MAX_BATCH_TOKENS})")
+    s.add_argument("--forward-cost-tokens", type=_non_negative, default=FORWARD_COST_TOKENS, metavar="N", help=(
         "a forward's fixed cost counted in padded tokens: a batch takes a longer input only when padding its rows "
-        "to the longer bucket costs at most this; otherwise the longer inputs get a forward of their own "
-        "(default 32, right for CPUs; raise it where a forward's launch costs more than its arithmetic)"))
+        f"to the longer bucket costs at most this; otherwise the longer inputs get a forward of their own (default "
+        f"{FORWARD_COST_TOKENS}, measured on a CPU; raise it where a forward's launch costs more than its arithmetic, "
+        "as on a GPU: benchmarks/bench_serve.py --engine-only measures it)"))
     s.add_argument("--max-client-batch-size", type=_positive, default=64, help="most inputs in one request")
     s.add_argument("--max-queue", type=_positive, default=512,
                    help="most inputs waiting or being computed; beyond it requests get 429 with Retry-After")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..train.save import TASKS
@@ -21,8 +22,8 @@ def add_train_parser(sub) -> None:
                     "model.safetensors, the tokenizer) that transformers and cbert both load. OUT also holds "
                     "log.jsonl (every step and evaluation) and checkpoint-last/ (for --resume). Tasks: "
                     + "; ".join(f"{t}: {h}" for t, h in HELP.items()) + ".")
-    sp.add_argument("task", choices=TASKS)
-    sp.add_argument("--model", required=True, metavar="DIR", help="the checkpoint folder to start from")
+    sp.add_argument("task", choices=(*TASKS, "distill"), help="the task, or distill (see its options below)")
+    sp.add_argument("--model", metavar="DIR", help="the checkpoint folder to start from (every task but distill)")
     sp.add_argument("--train", required=True, metavar="FILE", help="the training data")
     sp.add_argument("--eval", default=None, metavar="FILE",
                     help="data evaluated after each epoch; the best model by its main metric is kept")
@@ -50,17 +51,96 @@ def add_train_parser(sub) -> None:
     sp.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     sp.add_argument("--early-stopping", type=int, default=None, metavar="N",
                     help="stop after N evaluations without improvement (needs --eval)")
+    add_distill_options(sp)
+    from .adapt import add_lora_options
+
+    add_lora_options(sp)
     sp.set_defaults(func=run_train)
 
 
-def run_train(args) -> int:
-    from ..train import fit
+# -- cbert train distill (cbert.train.distill) -----------------------------------------------------
 
-    summary = fit(args.task, args.model, args.train, args.out, eval_file=args.eval, epochs=args.epochs, lr=args.lr,
-                  batch_size=args.batch_size, grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio,
-                  weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, schedule=args.schedule,
-                  precision=args.precision, seed=args.seed, backend=args.backend, resume=args.resume,
-                  overwrite=args.overwrite, early_stopping=args.early_stopping, max_steps=args.max_steps,
-                  whole_word_mask=args.whole_word_mask, aggregation=args.aggregation)
+def add_distill_options(sp) -> None:
+    from ..train.distill import DEFAULTS
+
+    g = sp.add_argument_group(
+        "distill", "cbert train distill --teacher DIR --train FILE --out DIR: a student trained on the teacher's soft "
+        "targets, A*T^2*KL + B*hard + C*(1 - cos) of the last hidden states (DistilBERT's loss and defaults); the "
+        "task is the teacher's head (masked-LM: raw text; a sequence or token classifier: its task data)")
+    g.add_argument("--teacher", metavar="DIR", help="the teacher checkpoint (runs forward only)")
+    g.add_argument("--student", metavar="DIR", help="a student checkpoint with the teacher's vocabulary, at most as "
+                   "wide (default: one initialized from every other teacher layer)")
+    g.add_argument("--student-layers", metavar="N", type=_layers, help="layers of the initialized student: a number "
+                   "(default half the teacher's) or teacher layer indices, comma-separated (0,2,4)")
+    g.add_argument("--student-family", choices=["distilbert"], help="initialize a DistilBERT student (a BERT "
+                   "teacher); default: the teacher's family")
+    # None by default, so that a distill option given to another task is caught (DISTILL_ONLY)
+    g.add_argument("--temperature", type=float, help=f"T (default {DEFAULTS['temperature']})")
+    g.add_argument("--alpha-ce", type=float, help=f"A, the soft-target KL's weight (default {DEFAULTS['alpha_ce']})")
+    g.add_argument("--alpha-mlm", type=float, help="B, the weight of the student's own loss on the data's labels: "
+                   f"masked-LM, or a labeled task's (default {DEFAULTS['alpha_mlm']})")
+    g.add_argument("--alpha-cos", type=float, help=f"C, the hidden-state cosine loss's weight "
+                   f"(default {DEFAULTS['alpha_cos']})")
+    g.add_argument("--teacher-backend", choices=["numpy", "mlx", "wgpu", "auto"],
+                   help="where the teacher's forwards run (default numpy)")
+    g.add_argument("--cache-teacher", action="store_true", help="a classifier teacher: compute its outputs once, "
+                   "keep them in OUT/teacher-cache/ for every epoch (and --resume)")
+
+
+def _layers(text: str):
+    """--student-layers: N, or the teacher layer indices I,J,K."""
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of layers or comma-separated layer "
+                                         "indices") from None
+    return parts if "," in text else parts[0]
+
+
+LOSS_OPTIONS = ("temperature", "alpha_ce", "alpha_mlm", "alpha_cos", "teacher_backend")
+DISTILL_ONLY = ("teacher", "student", "student_layers", "student_family", *LOSS_OPTIONS, "cache_teacher")
+
+
+def run_distill(args) -> int:
+    from ..errors import UsageError
+    from ..train.distill import distill
+
+    if args.teacher is None:
+        raise UsageError("cbert train distill: --teacher DIR is required (the model to distill)")
+    if args.model is not None:
+        raise UsageError("cbert train distill: --model is for the other tasks; give --teacher (and --student)")
+    given = {k: getattr(args, k) for k in LOSS_OPTIONS if getattr(args, k) is not None}  # else distill's defaults
+    summary = distill(args.teacher, args.train, args.out, student_dir=args.student, student_layers=args.student_layers,
+                      student_family=args.student_family, cache_teacher=args.cache_teacher, **given,
+                      **trainer_arguments(args))
+    print(json.dumps(summary))
+    return 0
+
+
+def trainer_arguments(args) -> dict:
+    """The Trainer settings of the command line, by fit's names."""
+    return dict(eval_file=args.eval, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+                max_grad_norm=args.max_grad_norm, schedule=args.schedule, precision=args.precision, seed=args.seed,
+                backend=args.backend, resume=args.resume, overwrite=args.overwrite,
+                early_stopping=args.early_stopping, max_steps=args.max_steps, whole_word_mask=args.whole_word_mask,
+                aggregation=args.aggregation)
+
+
+def run_train(args) -> int:
+    from ..errors import UsageError
+    from ..train import fit
+    from .adapt import lora_settings
+
+    lora = lora_settings(args)  # (refuses --lora with distill)
+    if args.task == "distill":
+        return run_distill(args)
+    given = [f"--{k.replace('_', '-')}" for k in DISTILL_ONLY if getattr(args, k) not in (None, False)]
+    if given:
+        raise UsageError(f"{given[0]} is an option of cbert train distill, not of cbert train {args.task}")
+    if args.model is None:
+        raise UsageError(f"cbert train {args.task}: --model DIR is required (the checkpoint to start from)")
+
+    summary = fit(args.task, args.model, args.train, args.out, **trainer_arguments(args), lora=lora)
     print(json.dumps(summary))
     return 0

@@ -1,8 +1,8 @@
 """The output folder of ``cbert embed-corpus``: Parquet part files and the job that made them.
 
-A part is written to a hidden temporary file and renamed into place when complete, so a part
-that exists is whole; a run that is killed leaves whole parts and perhaps a temporary file,
-which the next run deletes. ``_cbert_job.json`` records the job (input files, columns, model,
+A part is written by :func:`cbert.files.write_atomic` (a hidden temporary sibling renamed into
+place when complete), so a part that exists is whole; a run that is killed leaves whole parts and
+perhaps a temporary file, which the next run deletes. ``_cbert_job.json`` records the job (input files, columns, model,
 options): a rerun of the same job skips the ids its parts hold, any other job refuses the
 folder unless told to ``overwrite``. Both names start with ``_`` or ``.``, so Arrow, pandas,
 Spark and Ray read the folder as a plain Parquet dataset of the parts.
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 from ..errors import InputError
 from ..extras import need
+from ..files import write_atomic
 from .read import FILE, ROW, arrow
 
 JOB_FILE = "_cbert_job.json"
 PART_GLOB = "part-*.parquet"
-TMP_PREFIX = ".tmp-"
+TMP_GLOB = ".*.tmp"  # write_atomic's temporary siblings: .NAME.RANDOM.tmp
 VECTOR, N_TOKENS, N_WINDOWS = "vector", "n_tokens", "n_windows"
 
 
@@ -38,15 +37,9 @@ def write_part(out: str | os.PathLike, table, id_column: str) -> dict:
     out = Path(out)
     table = table.sort_by([(FILE, "ascending"), (ROW, "ascending")])
     first_file, first_row = table.column(FILE)[0].as_py(), table.column(ROW)[0].as_py()
-    final = part_path(out, first_file, first_row)
-    tmp = out / f"{TMP_PREFIX}{final.stem}-{uuid.uuid4().hex}.parquet"
     rows = table.select([id_column, VECTOR, N_TOKENS, N_WINDOWS])
-    try:
-        pq.write_table(rows, tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # overwrite: a part of the same first row can only be this part, written by an earlier try.
+    write_atomic(part_path(out, first_file, first_row), lambda f: pq.write_table(rows, f), overwrite=True)
     return {"rows": rows.num_rows, "tokens": int(pa.compute.sum(rows.column(N_TOKENS)).as_py()),
             "windows": int(pa.compute.sum(rows.column(N_WINDOWS)).as_py())}
 
@@ -67,6 +60,8 @@ def prepare(out: str | os.PathLike, job: dict, overwrite: bool) -> bool:
     (``overwrite`` replaces a file or a previous job's output, never a folder cbert did not write).
     """
     out = Path(out)
+    if out.is_symlink():
+        raise InputError(f"{out}: is a symbolic link; give the real folder (cbert does not write through links)")
     if out.exists() and not out.is_dir():
         if not overwrite:
             raise InputError(f"{out}: is a file; embed-corpus writes a folder (pass --overwrite to replace it)")
@@ -91,18 +86,15 @@ def prepare(out: str | os.PathLike, job: dict, overwrite: bool) -> bool:
             p.unlink()
         _remove_tmp(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{TMP_PREFIX}{JOB_FILE}-{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(job, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, job_file)
+    text = json.dumps(job, indent=1, sort_keys=True) + "\n"
+    write_atomic(job_file, lambda f: f.write(text.encode()), overwrite=True)
     return False
 
 
 def _remove_tmp(out: Path) -> None:
     """Temporary files of a run that was killed while writing: never renamed, so never part of the output."""
-    for p in out.glob(TMP_PREFIX + "*"):
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
+    for p in out.glob(TMP_GLOB):
+        if p.is_file() and not p.is_symlink():
             p.unlink()
 
 

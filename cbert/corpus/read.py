@@ -93,10 +93,30 @@ def _read_parquet(path: str, text_column: str, id_column: str, chunk_rows: int) 
             if batch.column(col).null_count:
                 row = first + batch.column(col).is_null().to_pylist().index(True)
                 raise InputError(f"{path}: row {row + 1}: the {what} ({col!r}) is null")
+        for col, what in ((text_column, "text"), (id_column, "id")):
+            _check_utf8(batch.column(col), path, first, what, col)
         ids = batch.column(id_column).cast(pa.int64() if pa.types.is_integer(id_type) else pa.string())
         yield pa.table({id_column: ids, text_column: batch.column(text_column).cast(pa.string()),
                         ROW: pa.array(range(first, first + batch.num_rows), pa.int64())})
         first += batch.num_rows
+
+
+def _check_utf8(column, path: str, first: int, what: str, name: str) -> None:
+    """A Parquet string column may hold bytes that are not UTF-8 (its writer did not check): name the first row."""
+    pa = arrow()
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        raw = column.view(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
+        for i, value in enumerate(raw.to_pylist()):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}: row {first + i + 1}: the {what} ({name!r}) is not UTF-8 ({e.reason} at "
+                                 f"byte {e.start})") from None
+        raise  # invalid for another reason than its bytes: Arrow's own words
 
 
 def _utf8_lines(path: str) -> Iterator[tuple[int, str]]:

@@ -1,21 +1,24 @@
 """Embed a corpus into Parquet parts, in this process or on Ray Data; resumable, with a progress bar.
 
-Both paths read the input with the same readers, skip the ids earlier runs wrote, embed with
-the same :class:`cbert.ray.Embedder` and write the same parts; Ray only spreads the Embedder
-over actors (``workers``), so its output equals the single-process output.
+Both paths cut the input into parts by one chunk loop (:func:`pending_parts`: the rows no earlier
+run wrote, file by file, ``part_rows`` at a time), embed each with the same
+:class:`cbert.ray.Embedder` and write it here with the same :func:`write_part`; Ray only spreads
+the parts over Embedder actors (``workers``), so its output equals the single-process output, part
+for part. Either way one progress bar, in this process, counts the parts written.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 
+from ..batching import MAX_BATCH_TOKENS
 from ..errors import UsageError
 from ..extras import MissingDependency, need
 from ..ray import Embedder, require_ray
+from .lance import lance_paths, write_lance
 from .output import N_TOKENS, N_WINDOWS, VECTOR, done_ids, prepare, write_part
 from .read import FILE, Corpus, Source, arrow, read_source, scan
 
@@ -25,15 +28,22 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
                  backend: str = "auto", dtype: str = "float32", batch_size: int = 32, stride: int | None = None,
                  window_aggregation: str = "mean", truncation: bool = False, ray: str = "auto",
                  workers: int | None = None, part_rows: int = 1000, overwrite: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, max_batch_tokens: int = MAX_BATCH_TOKENS, format: str = "parquet") -> dict:
     """Embed every row of ``input`` (Parquet, JSONL or CSV: a file or a folder) into Parquet parts in ``output``.
 
     ``ray``: "auto" (Ray when installed: the cluster at RAY_ADDRESS, else a local runtime started here; without
     Ray, this process), "local" (a local Ray runtime), "none" (this process) or a Ray cluster address. A rerun
-    of the same job resumes: it embeds only the ids no part holds yet. Returns the summary: rows, tokens,
-    windows, seconds, tokens_per_s, ...
+    of the same job resumes: it embeds only the ids no part holds yet. ``format="lance"``: ``output`` is a
+    LanceDB table folder NAME.lance, built from the same parts when all are written (:mod:`.lance`). Returns
+    the summary: rows, tokens, windows, seconds, tokens_per_s, ...
     """
-    counts = {"batch_size": batch_size, "part_rows": part_rows, "workers": 1 if workers is None else workers}
+    if format not in ("parquet", "lance"):
+        raise UsageError(f"format={format!r}; expected parquet or lance")
+    table_out = None
+    if format == "lance":
+        table_out, output = lance_paths(output, overwrite)
+    counts = {"batch_size": batch_size, "part_rows": part_rows, "workers": 1 if workers is None else workers,
+              "max_batch_tokens": max_batch_tokens}
     for name, value in counts.items():
         if not isinstance(value, int) or value < 1:
             raise UsageError(f"{name}={value!r}; expected a positive integer")
@@ -51,7 +61,8 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
     done = done_ids(output, id_column, corpus.ids)
     embedder_kwargs = dict(model=model, backend=backend, dtype=dtype, pooling=pooling, normalize=normalize,
                            text_column=text_column, batch_size=batch_size, stride=stride,
-                           window_aggregation=window_aggregation, truncation=truncation)
+                           window_aggregation=window_aggregation, truncation=truncation,
+                           max_batch_tokens=max_batch_tokens)
     bar = Progress(corpus.n_rows, len(done), enabled=progress)
     pending = corpus.n_rows - len(done)
     ran_on = "this process" if mode is None else "Ray"
@@ -61,6 +72,9 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, model: str
         else:
             ran_on = _run_on_ray(mode, corpus, done, Path(output), embedder_kwargs, part_rows, workers, bar)
     bar.close()
+    if table_out is not None:
+        write_lance(Path(output), table_out, overwrite)
+        output = table_out
     seconds = time.perf_counter() - started
     return {"rows": bar.rows, "tokens": bar.tokens, "windows": bar.windows, "skipped": len(done),
             "total_rows": corpus.n_rows, "seconds": seconds, "tokens_per_s": bar.tokens / max(bar.seconds, 1e-9),
@@ -102,83 +116,76 @@ def _describe_input(input, sources: list[Source]) -> dict:
     return {"path": str(root.resolve()), "files": files}
 
 
-def pending_tables(sources: list[Source], file_indices, text_column: str, id_column: str, done):
-    """The rows of these files whose ids are not in ``done``, as Arrow tables with _file and _row."""
+def pending_parts(corpus: Corpus, done, part_rows: int):
+    """The chunk loop both paths share: file by file, the rows whose ids are not in ``done`` (with _file and
+    _row), cut into parts of ``part_rows`` rows (a file's last part may be shorter; no part spans files)."""
     pa, pc = arrow(), need("pyarrow.compute", "cbert embed-corpus")
-    for i in file_indices:
-        for table in read_source(sources[i], text_column, id_column):
-            table = table.append_column(FILE, pa.array([i] * table.num_rows, pa.int32()))
+    for i, source in enumerate(corpus.sources):
+        held, n = [], 0
+        for table in read_source(source, corpus.text_column, corpus.id_column):
             if len(done):
-                table = table.filter(pc.invert(pc.is_in(table.column(id_column), value_set=done)))
-            if table.num_rows:
-                yield table
-
-
-def _parts(tables, part_rows: int):
-    """Tables cut into parts of ``part_rows`` rows (the last may be shorter)."""
-    pa = arrow()
-    held, n = [], 0
-    for t in tables:
-        held.append(t)
-        n += t.num_rows
-        while n >= part_rows:
-            whole = pa.concat_tables(held)
-            yield whole.slice(0, part_rows)
-            held, n = [whole.slice(part_rows)], n - part_rows
-    if n:
-        yield pa.concat_tables(held)
+                table = table.filter(pc.invert(pc.is_in(table.column(corpus.id_column), value_set=done)))
+            held.append(table.append_column(FILE, pa.array([i] * table.num_rows, pa.int32())))
+            n += table.num_rows
+            while n >= part_rows:
+                whole = pa.concat_tables(held)
+                yield whole.slice(0, part_rows)
+                held, n = [whole.slice(part_rows)], n - part_rows
+        if n:
+            yield pa.concat_tables(held)
 
 
 def _run_here(corpus: Corpus, done, output: Path, embedder_kwargs: dict, part_rows: int, bar) -> None:
     embedder = Embedder(**embedder_kwargs)
-    rows = pending_tables(corpus.sources, range(len(corpus.sources)), corpus.text_column, corpus.id_column, done)
-    for part in _parts(rows, part_rows):
+    for part in pending_parts(corpus, done, part_rows):
         bar.add(write_part(output, embedder(part), corpus.id_column))
 
 
-# -- Ray Data stages: module-level functions, so workers import them by name ----------------------
+class _EmbedderActor:
+    """An Embedder in a Ray actor (module level, so workers import it by name): the model loads once per actor."""
 
+    def __init__(self, embedder_kwargs: dict):
+        self.embedder = Embedder(**embedder_kwargs)
 
-def _read_stage(batch, sources, text_column, id_column, done):
-    for i in batch.column("file").to_pylist():
-        yield from pending_tables(sources, [i], text_column, id_column, done)
-
-
-def _write_stage(batch, output, id_column):
-    pa = arrow()
-    counts = write_part(output, batch, id_column)
-    return pa.table({k: [v] for k, v in counts.items()})
+    def embed(self, part):
+        return self.embedder(part)
 
 
 def _run_on_ray(mode: str, corpus: Corpus, done, output: Path, embedder_kwargs: dict, part_rows: int,
                 workers: int | None, bar) -> str:
+    """The same parts as in this process, each embedded by one of ``workers`` Ray actors and written here.
+
+    Only this process reads IN and writes OUT: the nodes of a cluster need cbert and the model folder,
+    not the data. At most one part per actor is in flight, so memory stays bounded.
+    """
     ray = require_ray()
     started_here = _connect(ray, mode)
-    # Ray Data logs each execution's plan and end at INFO; the progress bar and summary say what matters.
-    data_log = logging.getLogger("ray.data")
-    level = data_log.level
-    data_log.setLevel(logging.WARNING)
+    actors = []
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # ours counts rows and tokens; Ray's would interleave with it
         cpus = float(ray.cluster_resources().get("CPU", 1))
         workers = workers or max(1, int(cpus))
-        id_column = corpus.id_column
-        files = ray.data.from_items([{"file": i} for i in range(len(corpus.sources))])
-        # Reading and writing hold no CPU: the CPUs belong to the Embedder actors that do the work.
-        ds = files.map_batches(_read_stage, batch_size=1, batch_format="pyarrow", num_cpus=0, fn_kwargs=dict(
-            sources=corpus.sources, text_column=corpus.text_column, id_column=id_column, done=done))
-        ds = ds.map_batches(Embedder, fn_constructor_kwargs=embedder_kwargs,
-                            compute=ray.data.ActorPoolStrategy(size=workers), batch_size=part_rows,
-                            batch_format="pyarrow", num_cpus=min(1.0, cpus / workers))
-        ds = ds.map_batches(_write_stage, batch_size=part_rows, batch_format="pyarrow", num_cpus=0,
-                            fn_kwargs=dict(output=str(output), id_column=id_column))
-        for counts in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in counts.to_pylist():
-                bar.add(row)
+        # An actor that dies (a lost node) restarts and its part is retried; the part is written once either way.
+        remote = ray.remote(_EmbedderActor).options(num_cpus=min(1.0, cpus / workers), max_restarts=1,
+                                                   max_task_retries=1)
+        actors = [remote.remote(embedder_kwargs) for _ in range(workers)]
+        idle, busy = list(actors), {}
+
+        def finish_one() -> None:
+            (ref,), _ = ray.wait(list(busy), num_returns=1)
+            idle.append(busy.pop(ref))
+            bar.add(write_part(output, ray.get(ref), corpus.id_column))
+
+        for part in pending_parts(corpus, done, part_rows):
+            if not idle:
+                finish_one()
+            actor = idle.pop()
+            busy[actor.embed.remote(part)] = actor
+        while busy:
+            finish_one()
         return f"Ray ({workers} workers)"
     finally:
-        data_log.setLevel(level)
+        for actor in actors:
+            ray.kill(actor)
         if started_here:
             ray.shutdown()
 

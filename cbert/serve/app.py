@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
+from ..batching import FORWARD_COST_TOKENS, MAX_BATCH_TOKENS
 from . import inputs as field
 from .engine import Engine, QueueFull
 from .inputs import ApiError
@@ -39,8 +40,8 @@ class ServeSettings:
     window_aggregation: str = "mean"  # how a long text's window vectors combine, as cbert embed
     aggregation: str = "mean"  # how a long text's window probabilities combine in /predict, as cbert classify
     stride: int | None = None
-    max_batch_tokens: int = 16384
-    forward_tokens: int = 32  # a forward's fixed cost in padded tokens: more padding than this, another forward
+    max_batch_tokens: int = MAX_BATCH_TOKENS
+    forward_tokens: int = FORWARD_COST_TOKENS  # more padding than this costs more than another forward
     max_client_batch_size: int = 64
     max_queue: int = 512
     max_input_tokens: int = 16384
@@ -191,7 +192,7 @@ class _Routes:
         truncate = field.flag(body, "truncate", False)
         field.right_truncation(body)
         field.no_prompts(body)
-        normalize = field.flag(body, "normalize", self.settings.normalize)
+        normalize = field.flag(body, "normalize", None)  # None: the server's default (see Pipeline.embeddings)
         dimensions = field.dimensions(body, self.hidden)
         prep = await self._prepare(texts, "inputs", truncate)
         pooled = await self._compute(request, prep, "pooled")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..batching import plan_batches, seq_buckets
+from ..batching import FORWARD_COST_TOKENS, plan_batches, seq_buckets
 from ..tasks import pool
 from ..tasks.windows import Window, pad
 from .metrics import Metrics
@@ -55,7 +55,8 @@ class _Item:
 
 class Engine:
     def __init__(self, model, pooling: str, max_batch_tokens: int, max_queue: int, metrics: Metrics,
-                 batch_across_requests: bool = True, max_batch_size: int | None = None, forward_tokens: int = 32):
+                 batch_across_requests: bool = True, max_batch_size: int | None = None,
+                 forward_tokens: int = FORWARD_COST_TOKENS):
         self.model = model
         self.pooling = pooling
         self.max_batch_tokens = max_batch_tokens
@@ -199,12 +200,7 @@ class Engine:
     def _forward(self, windows: list[Window], seq: int, wanted: list[str]) -> list[np.ndarray]:
         """One forward over ``windows`` padded to ``seq``; per window its pooled vector or logits row."""
         tok = self.model.tokenizer
-        batch = pad(windows, tok.pad_token_id)
-        extra = seq - batch["input_ids"].shape[1]
-        if extra:
-            for k, v in batch.items():
-                fill = tok.pad_token_id if k == "input_ids" else 0
-                batch[k] = np.pad(v, ((0, 0), (0, extra)), constant_values=fill)
+        batch = pad(windows, tok.pad_token_id, seq)
         out = self.model.forward(**tok.model_inputs(batch))
         results = []
         for row, (w, kind) in enumerate(zip(windows, wanted)):

@@ -131,7 +131,7 @@ def optional_string(body: dict, name: str) -> str | None:
     return v
 
 
-def flag(body: dict, name: str, default: bool) -> bool:
+def flag(body: dict, name: str, default: bool | None) -> bool | None:
     v = body.get(name)
     if v is None:
         return default

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..tasks.classify import window_probabilities
+from ..tasks.embed import l2_normalize
 from ..tasks.windows import Window, aggregate, split
 from .inputs import ApiError
 
@@ -46,16 +48,6 @@ class _Ids:
     @property
     def sequence_ids(self) -> list[int | None]:
         return [None if s else 0 for s in self.special_tokens_mask]
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, as cbert.tasks.embed scales them."""
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.float32(1e-12))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 class Pipeline:
@@ -128,28 +120,22 @@ class Pipeline:
     def embeddings(self, pooled: list[np.ndarray], prep: Prepared, normalize: bool | None = None,
                    dimensions: int | None = None) -> np.ndarray:
         """[n_inputs, hidden or dimensions]: windows aggregated, then (Matryoshka) the first
-        ``dimensions`` kept, then normalized when asked."""
+        ``dimensions`` kept, then normalized. ``normalize`` None: as the server normalizes, except
+        that a cut vector is always renormalized (a Matryoshka prefix is used at unit length)."""
         vectors = np.stack(pooled)
         result = np.stack([aggregate(vectors[s], self.window_aggregation) for s in prep.spans]).astype(np.float32)
         if dimensions is not None:
             result = np.ascontiguousarray(result[:, :dimensions])
-        if self.normalize if normalize is None else normalize:
-            result = l2_normalize(result)
-        return result
+        if normalize is None:
+            normalize = self.normalize or dimensions is not None
+        return l2_normalize(result) if normalize else result
 
     def class_scores(self, logits: list[np.ndarray], prep: Prepared, raw_scores: bool, aggregation: str) -> np.ndarray:
         """[n_inputs, n_labels]: per window softmax (sigmoid for one label or a multi-label
         checkpoint, as model.classify chooses), or the raw logits, aggregated over windows."""
-        windows = np.stack(logits)
-        n_labels = windows.shape[-1]
-        if raw_scores:
-            scores = windows
-        elif n_labels == 1 or self.model.config.extra.get("problem_type") == "multi_label_classification":
-            scores = 1 / (1 + np.exp(-windows))
-        else:
-            scores = _softmax(windows)
+        scores = window_probabilities(self.model, np.stack(logits), "none" if raw_scores else None)
         return np.stack([aggregate(scores[s], aggregation) for s in prep.spans])
 
     def ranked_labels(self, scores: np.ndarray) -> list[dict]:
         labels = self.model.config.labels(len(scores))
-        return [{"score": float(scores[i]), "label": labels[i]} for i in np.argsort(-scores, kind="stable")]
+        return [{"label": labels[i], "score": float(scores[i])} for i in np.argsort(-scores, kind="stable")]

@@ -7,6 +7,7 @@ gives exactly the un-windowed result. The window running they share is :mod:`cbe
 
 from __future__ import annotations
 
+from .classify import class_probabilities as classify_probabilities
 from .classify import classify
 from .embed import POOLINGS, embed, pool
 from .fill_mask import fill_mask
@@ -14,4 +15,5 @@ from .ner import group_entities, ner
 from .qa import qa
 from .run import run_windows
 
-__all__ = ["POOLINGS", "classify", "embed", "fill_mask", "group_entities", "ner", "pool", "qa", "run_windows"]
+__all__ = ["POOLINGS", "classify", "classify_probabilities", "embed", "fill_mask", "group_entities", "ner", "pool",
+           "qa", "run_windows"]

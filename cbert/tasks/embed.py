@@ -67,9 +67,17 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
     return np.where(m > 0, hidden, np.float32(-1e9)).max(-2)
 
 
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows [n, d] scaled to unit length (a zero row stays zero), as sentence-transformers' Normalize does."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), np.float32(1e-12))
+
+
 def embed(model, texts, pooling: str | None = None, normalize: bool | None = None, batch_size=32,
-          truncation=False, window_aggregation="mean", stride=None, progress=False) -> np.ndarray:
-    """[n, hidden] float32; ``pooling``/``normalize`` None: the model's ``embedding_defaults``."""
+          truncation=False, window_aggregation="mean", stride=None, progress=False,
+          max_batch_tokens: int | None = None) -> np.ndarray:
+    """[n, hidden] float32; ``pooling``/``normalize`` None: the model's ``embedding_defaults``.
+    Forwards are packed as the server packs them: at most ``batch_size`` windows and ``max_batch_tokens``
+    padded tokens each (None: :data:`cbert.batching.MAX_BATCH_TOKENS`)."""
     pooling, normalize = model.embedding_defaults.resolve(pooling, normalize)
     texts, _ = texts_list(texts)
     batch_size = positive_int(batch_size, "batch_size")
@@ -78,9 +86,9 @@ def embed(model, texts, pooling: str | None = None, normalize: bool | None = Non
     stride = stride_or_none(stride)
     _, per_text = windows_per_text(model, texts, stride, truncation)
     flat, spans = flatten(per_text)
-    outs = run_windows(model, flat, batch_size, ("last_hidden_state",), progress)
+    if max_batch_tokens is not None:
+        max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens")
+    outs = run_windows(model, flat, batch_size, ("last_hidden_state",), progress, max_batch_tokens)
     vecs = np.stack([pool(o["last_hidden_state"], o["attention_mask"], pooling) for o in outs])
     result = np.stack([aggregate(vecs[s], window_aggregation) for s in spans]).astype(np.float32)
-    if normalize:
-        result /= np.maximum(np.linalg.norm(result, axis=1, keepdims=True), np.float32(1e-12))
-    return result
+    return l2_normalize(result) if normalize else result

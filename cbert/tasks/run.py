@@ -12,7 +12,8 @@ from ..errors import CheckpointError
 from .windows import Window, pad, split
 
 # A batch may pad each of its rows by up to one fine bucket step rather than leave a short forward
-# behind (plan_batches' forward_tokens): fuller forwards, fewer of them and fewer shapes.
+# behind (plan_batches' forward_tokens): fuller forwards, fewer of them and fewer shapes. (The
+# server's default, batching.FORWARD_COST_TOKENS, is lower: there a forward waits for no one.)
 FORWARD_TOKENS_PER_ROW = FINE_STEP
 
 HEAD_NAMES = {"seq_cls": "sequence classification", "token_cls": "token classification", "qa": "question answering"}
@@ -31,11 +32,12 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def run_windows(model, windows: list[Window], batch_size: int, outputs: tuple[str, ...],
-                progress: bool = False) -> list[dict[str, np.ndarray]]:
+                progress: bool = False, max_tokens: int | None = None) -> list[dict[str, np.ndarray]]:
     """Forward every window; per window, its unpadded outputs.
 
     Batches are the token-budget batcher's (:func:`cbert.batching.plan_batches`, as the server
-    forms them): windows sorted by length, at most ``batch_size`` rows, each batch padded to a
+    forms them): windows sorted by length, at most ``batch_size`` rows and ``max_tokens`` padded
+    tokens (None: :data:`cbert.batching.MAX_BATCH_TOKENS`), each batch padded to a
     sequence bucket. So a corpus of every length meets a handful of shapes, and a backend that
     prepares each new shape (MLX traces it) prepares a handful. The mask hides the padding.
     A backend that prepares nothing per shape (numpy: ``bucketed_shapes = False``) gets each
@@ -46,8 +48,8 @@ def run_windows(model, windows: list[Window], batch_size: int, outputs: tuple[st
     max_len = model.config.max_seq_len
     # A window of no tokens (a tokenizer without special tokens, an empty text) is planned as one:
     # it is padded like any other, its mask all zeros.
-    plan = plan_batches([max(1, len(w.ids)) for w in windows], max_len, MAX_BATCH_TOKENS, batch_size,
-                        forward_tokens=batch_size * FORWARD_TOKENS_PER_ROW)
+    plan = plan_batches([max(1, len(w.ids)) for w in windows], max_len, max_tokens or MAX_BATCH_TOKENS,
+                        batch_size, forward_tokens=batch_size * FORWARD_TOKENS_PER_ROW)
     bucketed = getattr(model.backend, "bucketed_shapes", True)
     results: list[dict] = [{} for _ in windows]
     for b, batch in enumerate(plan):

@@ -65,13 +65,13 @@ def split(enc, max_len: int, stride: int | None, content_sequence: int | None = 
     return windows
 
 
-def pad(windows: list[Window], pad_id: int, seq: int | None = None) -> dict[str, np.ndarray]:
-    """Model inputs for ``windows``: rows padded to ``seq`` tokens (None: the longest window's length)."""
+def pad(windows: list[Window], pad_id: int, length: int | None = None) -> dict[str, np.ndarray]:
+    """Model inputs [n, length] (default: the longest window's length), each window padded with ``pad_id``."""
     n, s = len(windows), max(len(w.ids) for w in windows)
-    if seq is not None:
-        if seq < s:
-            raise ValueError(f"seq={seq} is shorter than the longest window ({s} tokens)")
-        s = seq
+    if length is not None:
+        if length < s:
+            raise ValueError(f"length={length}: shorter than the longest window ({s} tokens)")
+        s = length
     ids = np.full((n, s), pad_id, dtype=np.int64)
     types = np.zeros((n, s), dtype=np.int64)
     mask = np.zeros((n, s), dtype=np.int64)

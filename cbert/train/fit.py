@@ -45,7 +45,7 @@ def fit(task: str, model_dir, train_file, out_dir, *, eval_file=None, epochs: in
         max_grad_norm: float | None = 1.0, schedule: str = "linear", precision: str = "float32", seed: int = 42,
         backend: str = "auto", resume: bool = False, overwrite: bool = False, early_stopping: int | None = None,
         max_steps: int | None = None, whole_word_mask: bool = False, aggregation: str = "mean",
-        save_steps: int = 500, log: Callable[[dict], None] | None = None) -> dict:
+        save_steps: int = 500, log: Callable[[dict], None] | None = None, lora=None) -> dict:
     """Fine-tune the checkpoint ``model_dir`` on ``train_file`` for ``task`` (mlm, seq-cls, token-cls,
     qa) and save it to ``out_dir`` as a Hugging Face folder; returns a summary (steps, metrics, best).
 
@@ -54,6 +54,8 @@ def fit(task: str, model_dir, train_file, out_dir, *, eval_file=None, epochs: in
     that many evaluations without improvement. ``max_steps`` overrides ``epochs``. ``log`` receives every
     record also written to OUT/log.jsonl (None: a progress bar on stderr). Every bad argument or input
     is an InputError naming it, raised before anything in ``out_dir`` changes.
+    ``lora``: a rank, or cbert.adapt.lora.LoraSettings(r, alpha, targets): train LoRA adapters with the
+    base frozen and save them as a PEFT adapter folder (cbert.adapt.lora).
     """
     settings = dict(task=task, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                     warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
@@ -94,6 +96,15 @@ def fit(task: str, model_dir, train_file, out_dir, *, eval_file=None, epochs: in
     graph = build_graph(tcfg, heads)
     params, initialized = initial_params(tcfg, graph, ckpt.params, seed)
     output = OutputModel(ckpt.path, cfg, task, heads, tuple(labels) if labels else None, problem)
+    # -- LoRA: adapters beside the base's linears, the base frozen; the run saves a PEFT folder --
+    trainable = None  # None: every parameter trains
+    if lora is not None:
+        from ..adapt.lora import LoraOutput, LoraSettings, plan_lora
+
+        plan = plan_lora(LoraSettings.of(lora), tcfg, graph, heads, initialized)
+        params.update(plan.init_params(graph, seed))
+        graph, output, trainable = plan.graph(graph), LoraOutput(plan, output), plan.trainable
+        settings["lora"] = plan.settings.as_dict()
     given = TASK_LABELS[task]
     loss_graph = with_losses(graph, heads, frozenset(given), problem)
     train_graph = with_losses(with_dropout(graph, *dropout_probs(tcfg)), heads, frozenset(given), problem)
@@ -103,7 +114,7 @@ def fit(task: str, model_dir, train_file, out_dir, *, eval_file=None, epochs: in
 
     state = prepare_out(out, settings, resume, overwrite)  # the first change to out_dir
     run = _Run(settings, out, tcfg, heads, output, train, dev, compute, train_graph, eval_graph, params,
-               early_stopping, save_steps, log if log is not None else Progress())
+               early_stopping, save_steps, log if log is not None else Progress(), trainable)
     if state is None and initialized:
         run.record({"step": 0, "message": f"initialized {', '.join(initialized)} as Hugging Face does "
                     f"(normal(0, {initializer_range(cfg)}), zero bias, LayerNorm 1/0): {ckpt.weights_file} "
@@ -252,10 +263,11 @@ class _Run:
     """One training run's state and loop (fit's body, split out to keep the steps readable)."""
 
     def __init__(self, settings, out: Path, cfg, heads, output: OutputModel, train, dev, backend, train_graph,
-                 eval_graph, params, early_stopping, save_steps, log):
+                 eval_graph, params, early_stopping, save_steps, log, trainable=None):
         self.s, self.out, self.cfg, self.heads, self.output = settings, out, cfg, heads, output
         self.train_data, self.dev, self.backend, self.log = train, dev, backend, log
         self.early_stopping, self.save_steps = early_stopping, save_steps
+        self.trainable = trainable  # the parameters that learn (LoRA: adapters and head), None: all
         self.exe = backend.compile_grad(train_graph, params)
         self.eval_exe = backend.compile_grad(eval_graph, params) if dev is not None else None
         self.xp = self.exe.xp
@@ -326,7 +338,7 @@ class _Run:
             batch = self.train_data.collate(indices, draw(s["seed"], 2, self.step, micro))
             inputs = self._inputs(batch, exe.graph.inputs, dropout_seed=draw(s["seed"], 3, self.step, micro))
             with np.errstate(over="ignore", invalid="ignore"):  # a non-finite loss is caught below, by name
-                outputs, g = exe(inputs, loss_scale=scale / len(group))
+                outputs, g = exe(inputs, loss_scale=scale / len(group), trainable=self.trainable)
             losses.append(float(outputs["loss"]))
             tokens += int(np.asarray(inputs["attention_mask"]).sum()) if "attention_mask" in inputs else 0
             grads = g if grads is None else {k: grads[k] + v for k, v in g.items()}
@@ -365,6 +377,8 @@ class _Run:
              "position_ids": family_of(self.cfg).position_ids(ids, self.cfg)}
         labels, _ = prepare_labels(self.cfg, self.heads, B, S, {k: batch.get(k) for k in self.given})
         x.update(labels)
+        # Float inputs a graph reads beside the tokens (distillation's teacher outputs: cbert.train.distill)
+        x.update({k: batch[k] for k in wanted if k not in x and k in batch})
         if dropout_seed is not None:
             x[DROPOUT_SEED] = np.asarray(dropout_seed, np.int64)
         return {k: x[k] for k in wanted}
@@ -408,7 +422,9 @@ class _Run:
     # -- saving ---------------------------------------------------------------------------------
 
     def _host_params(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(self.exe.to_host(v), np.float32) for k, v in self.exe.params.items()}
+        """The parameters that learn, on the host (a frozen base is neither saved nor restored)."""
+        names = self.exe.params if self.trainable is None else self.trainable
+        return {k: np.asarray(self.exe.to_host(self.exe.params[k]), np.float32) for k in names}
 
     def _save_model(self) -> None:
         """The model so far as the Hugging Face folder at OUT's top level."""
@@ -429,10 +445,11 @@ class _Run:
                              f"train file now gives {len(self.lengths)}; resume with the run's own data")
         params, moments, state = load_last(self.out)
         exe = self.exe
-        missing = set(exe.params) - set(params)
+        learned = exe.params if self.trainable is None else self.trainable
+        missing = set(learned) - set(params)
         if missing:
             raise InputError(f"{self.out / LAST}: no weights for {sorted(missing)[0]}; not this run's checkpoint")
-        for name in exe.params:
+        for name in learned:
             exe.params[name] = exe.from_host(params[name])
         self.adam.load_state_dict(moments, exe.from_host)
         self.scaler.load_state_dict(state["loss_scale"])

@@ -34,7 +34,7 @@ MOMENTS = "optimizer.safetensors"
 
 # The settings a resumed run must share with the run it continues, or its weights would differ.
 SAME_ON_RESUME = ("task", "epochs", "lr", "batch_size", "grad_accum", "warmup_ratio", "weight_decay", "max_grad_norm",
-                  "schedule", "precision", "seed", "max_steps", "whole_word_mask", "aggregation")
+                  "schedule", "precision", "seed", "max_steps", "whole_word_mask", "aggregation", "lora")
 
 
 def prepare_out(out: Path, settings: Mapping, resume: bool, overwrite: bool) -> dict | None:

@@ -22,7 +22,7 @@ from .lowering import FLOAT32_PARAMS, TABLE, Precision
 F32 = mx.float32
 # Float runtime inputs a loss reads as its target, by (op, input position): they stay float32 in
 # every dtype; every other float input is an activation and is rounded to the compute dtype.
-_TARGETS = {Op.MSE: 1, Op.BCE_LOGITS: 1}
+_TARGETS = {Op.MSE: 1, Op.BCE_LOGITS: 1, Op.KL_DIV: 1, Op.COSINE: 1}
 
 
 class MLXGradExecutable:

@@ -403,6 +403,21 @@ def dropout(p: Precision, x: mx.array, seed: mx.array, rate: float, salt: int) -
     return _store(p, mx.where(keep, _f32(x) * (1.0 / (1.0 - rate)), 0.0))
 
 
+def lora(p: Precision, y: mx.array, x: mx.array, a: mx.array, b: mx.array, scale: float, offset: int,
+         activation_name: str) -> mx.array:
+    """act(y + scale (x a^T) b^T on columns offset..offset+N): a LoRA adapter's path (cbert.ir)."""
+    *lead, k = x.shape
+    m, n = y.shape[-1], b.shape[0]
+    x2 = x.reshape(-1, k).astype(p.gemm)
+    delta = (x2 @ a.astype(p.gemm).T) @ b.astype(p.gemm).T * scale
+    z = _f32(y.reshape(-1, m))
+    if n == m:
+        z = z + _f32(delta)
+    else:  # a part of a fused Q/K/V output
+        z = mx.concatenate([z[:, :offset], z[:, offset:offset + n] + _f32(delta), z[:, offset + n:]], axis=1)
+    return _store(p, activation(z, activation_name, p.cpu).reshape(*lead, m))
+
+
 def cross_entropy(p: Precision, logits: mx.array, labels: mx.array, reduction: str) -> mx.array:
     logits = _f32(logits)
     keep = labels != IGNORE_INDEX
@@ -424,6 +439,30 @@ def bce_logits(p: Precision, logits: mx.array, target: mx.array) -> mx.array:
     return mx.mean(mx.maximum(x, 0.0) - x * t + mx.log1p(mx.exp(-mx.abs(x))))
 
 
+def _counted_mean(per_row: mx.array, mask: mx.array | None) -> mx.array:
+    """The mean of a row loss over the rows whose mask is not 0 (every row without a mask; 0 when none)."""
+    if mask is None:
+        return mx.mean(per_row)
+    keep = mask.reshape(per_row.shape) != 0
+    return mx.sum(mx.where(keep, per_row, 0.0)) / mx.maximum(mx.sum(keep).astype(F32), 1.0)
+
+
+def kl_div(p: Precision, logits: mx.array, target: mx.array, mask: mx.array | None = None, *,
+           temperature: float) -> mx.array:
+    log_q = _f32(logits) / temperature
+    log_q = log_q - mx.logsumexp(log_q, axis=-1, keepdims=True)
+    log_p = _f32(target) / temperature
+    log_p = log_p - mx.logsumexp(log_p, axis=-1, keepdims=True)
+    return _counted_mean(mx.sum(mx.exp(log_p) * (log_p - log_q), axis=-1), mask)
+
+
+def cosine(p: Precision, x: mx.array, target: mx.array, mask: mx.array | None = None) -> mx.array:
+    x, t = _f32(x), _f32(target)
+    eps = 1e-12  # CosineEmbeddingLoss's, as the numpy reference adds it
+    cos = mx.sum(x * t, axis=-1) / mx.sqrt((mx.sum(x * x, axis=-1) + eps) * (mx.sum(t * t, axis=-1) + eps))
+    return _counted_mean(1.0 - cos, mask)
+
+
 # op -> lowering; called as fn(precision, *inputs, **attrs).
 TABLE = {
     Op.EMBED: embed,
@@ -437,11 +476,14 @@ TABLE = {
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: lambda p, *arrays, axis: concat(arrays, axis),
     Op.DROPOUT: dropout,
+    Op.LORA: lambda p, y, x, a, b, scale, offset, activation: lora(p, y, x, a, b, scale, offset, activation),
     Op.CROSS_ENTROPY: cross_entropy,
     Op.MSE: mse,
     Op.BCE_LOGITS: bce_logits,
     Op.PICK: lambda p, x, index: x[..., index],
     Op.WEIGHTED_SUM: lambda p, *scalars, weights: sum(w * s for w, s in zip(weights, scalars)),
+    Op.KL_DIV: kl_div,
+    Op.COSINE: cosine,
 }
 
 # Parameters that stay float32 in every dtype, by (op, input position): LayerNorm

@@ -17,7 +17,7 @@ import numpy as np
 from ...ir import Graph, free_after
 from .backend import NumpyExecutable, run_graph
 from .lowering import F32, TABLE
-from .vjp import VJP
+from .vjp import NEEDS_NEEDED, VJP
 
 
 class NumpyGradExecutable(NumpyExecutable):
@@ -70,7 +70,10 @@ class NumpyGradExecutable(NumpyExecutable):
         for n in reversed(graph.nodes):
             ct = cotangents.pop(n.output, None)
             if ct is not None and n.output in on_path:
-                grads = VJP[n.op](ct, tuple(env[i] for i in n.inputs), env[n.output], **n.kwargs)
+                attrs = n.kwargs
+                if n.op in NEEDS_NEEDED:
+                    attrs["needed"] = tuple(i in on_path for i in n.inputs)
+                grads = VJP[n.op](ct, tuple(env[i] for i in n.inputs), env[n.output], **attrs)
                 for name, g in zip(n.inputs, grads):
                     if g is not None and name in on_path:
                         # Never in place: one VJP may return one array for two inputs (ADD_LN).

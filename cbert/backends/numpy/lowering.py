@@ -136,6 +136,17 @@ def linear(x, w, b, activation_name="none"):
     return activation(y, activation_name, bias=b).reshape(*x.shape[:-1], w.shape[0])
 
 
+def lora_delta(x, a, b, scale) -> np.ndarray:
+    """scale * (x a^T) b^T over the rows of x: [rows, N]."""
+    return (x.reshape(-1, x.shape[-1]) @ a.T) @ (b.T * x.dtype.type(scale))
+
+
+def lora(y, x, a, b, scale, offset, activation_name):
+    z = np.array(y, copy=True).reshape(-1, y.shape[-1])
+    z[:, offset:offset + b.shape[0]] += lora_delta(x, a, b, scale)
+    return activation(z, activation_name).reshape(y.shape)
+
+
 def _split_heads(qkv: np.ndarray, heads: int):
     B, S, H3 = qkv.shape
     d = H3 // 3 // heads
@@ -256,6 +267,44 @@ def weighted_sum(*scalars, weights):
     return np.asarray(sum(float(w) * float(s) for w, s in zip(weights, scalars)), dtype)
 
 
+# -- distillation: soft targets and hidden-state cosine (DistilBERT's distiller.py) ---------------
+
+COSINE_EPS = 1e-12  # CosineEmbeddingLoss's EPSILON, added to each squared norm
+
+
+def selected_rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The rows [n, last] of ``x`` a row loss counts: those whose mask is not 0, or every row."""
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if mask is None else rows[np.asarray(mask).reshape(-1) != 0]
+
+
+def kl_rows(logits: np.ndarray, target: np.ndarray, temperature: float):
+    """(per-row KL(p || q), log q, log p) with p = softmax(target / T), q = softmax(logits / T)."""
+    t = logits.dtype.type(temperature)
+    log_q, log_p = log_softmax(logits / t), log_softmax(target / t)
+    return (np.exp(log_p) * (log_p - log_q)).sum(-1), log_q, log_p
+
+
+def kl_div(logits, target, mask=None, *, temperature):
+    x = _float(logits)
+    rows, _, _ = kl_rows(selected_rows(x, mask), selected_rows(np.asarray(target, x.dtype), mask), temperature)
+    return np.asarray(rows.sum(dtype=np.float64) / max(len(rows), 1), x.dtype)
+
+
+def cosine_rows(x: np.ndarray, y: np.ndarray):
+    """(cos, x.y, |x|^2 + eps, |y|^2 + eps) per row, as CosineEmbeddingLoss computes them."""
+    dot = np.einsum("ij,ij->i", x, y)
+    a = np.einsum("ij,ij->i", x, x) + COSINE_EPS
+    b = np.einsum("ij,ij->i", y, y) + COSINE_EPS
+    return dot / np.sqrt(a * b), dot, a, b
+
+
+def cosine(x, target, mask=None):
+    x = _float(x)
+    cos, _, _, _ = cosine_rows(selected_rows(x, mask), selected_rows(np.asarray(target, x.dtype), mask))
+    return np.asarray((1 - cos).sum(dtype=np.float64) / max(len(cos), 1), x.dtype)
+
+
 # The lowering table: op -> definition. Attrs arrive as keyword arguments.
 TABLE = {
     Op.EMBED: embed,
@@ -269,9 +318,12 @@ TABLE = {
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: lambda *arrays, axis: concat(arrays, axis),
     Op.DROPOUT: dropout,
+    Op.LORA: lambda y, x, a, b, scale, offset, activation: lora(y, x, a, b, scale, offset, activation),
     Op.CROSS_ENTROPY: cross_entropy,
     Op.MSE: mse,
     Op.BCE_LOGITS: bce_logits,
     Op.PICK: pick,
     Op.WEIGHTED_SUM: weighted_sum,
+    Op.KL_DIV: kl_div,
+    Op.COSINE: cosine,
 }

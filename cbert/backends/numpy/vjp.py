@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import Op
-from .lowering import F32, _split_heads, attn_probs, counted, dropout_keep, erf, log_softmax
+from . import lowering
+from .lowering import F32, _split_heads, attn_probs, counted, dropout_keep, erf, log_softmax, lora_delta
 
 _SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
@@ -50,15 +51,16 @@ def mask_bias(ct, inputs, out):
     return (None,)
 
 
-def _activation_grad(x, w, b, y, name):
-    """d act(z) / dz at z = x w^T + b; the forward's output ``y`` serves where it is enough."""
+def _activation_grad(pre, y, name):
+    """d act(z) / dz at z = ``pre()`` (the op's pre-activation, recomputed only where needed); the
+    forward's output ``y`` serves where it is enough."""
     if name == "none":
         return None
     if name == "relu":
         return y > 0
     if name == "tanh":
         return 1 - y * y
-    z = (_rows(x) @ w.T + b).reshape(y.shape)
+    z = pre()
     if name == "gelu":  # Phi(z) + z phi(z), Phi the normal CDF and phi its density
         return 0.5 * (1 + erf(z * _SQRT_HALF)) + z * np.exp(-0.5 * z * z) * _INV_SQRT_2PI
     if name == "gelu_tanh":
@@ -70,11 +72,32 @@ def _activation_grad(x, w, b, y, name):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def linear(ct, inputs, out, activation):
+def linear(ct, inputs, out, activation, needed=(True, True, True)):
+    """``needed``: which operands a backward reads the cotangent of (see NEEDS_NEEDED)."""
     x, w, b = inputs
-    d = _activation_grad(x, w, b, out, activation)
+    d = _activation_grad(lambda: (_rows(x) @ w.T + b).reshape(out.shape), out, activation)
     dz = _rows(ct if d is None else ct * d).astype(ct.dtype, copy=False)
-    return (dz @ w).reshape(x.shape), dz.T @ _rows(x), dz.sum(0)
+    return ((dz @ w).reshape(x.shape) if needed[0] else None, dz.T @ _rows(x) if needed[1] else None,
+            dz.sum(0) if needed[2] else None)
+
+
+def lora(ct, inputs, out, scale, offset, activation, needed=(True, True, True, True)):
+    y, x, a, b = inputs
+    n = b.shape[0]
+
+    def pre():
+        z = np.array(y, copy=True).reshape(-1, y.shape[-1])
+        z[:, offset:offset + n] += lora_delta(x, a, b, scale)
+        return z.reshape(y.shape)
+
+    d = _activation_grad(pre, out, activation)
+    dz = ct if d is None else ct * d
+    dd = _rows(dz)[:, offset:offset + n]  # the cotangent of the low-rank term
+    x2 = _rows(x)
+    s = x.dtype.type(scale)
+    dt = (dd @ b) * s  # of t = x a^T [rows, r]
+    return (dz if needed[0] else None, (dt @ a).reshape(x.shape) if needed[1] else None,
+            dt.T @ x2 if needed[2] else None, (dd.T @ (x2 @ a.T)) * s if needed[3] else None)
 
 
 def _merge_heads(t: np.ndarray) -> np.ndarray:
@@ -182,6 +205,49 @@ def weighted_sum(ct, inputs, out, weights):
     return tuple(np.asarray(ct * w, ct.dtype) for w in weights)
 
 
+def _scatter_rows(g_rows: np.ndarray, like: np.ndarray, mask) -> np.ndarray:
+    """Cotangents of the selected rows back in ``like``'s shape, zero on the rows a mask left out."""
+    if mask is None:
+        return g_rows.reshape(like.shape)
+    full = np.zeros((int(np.prod(like.shape[:-1])), like.shape[-1]), g_rows.dtype)
+    full[np.asarray(mask).reshape(-1) != 0] = g_rows
+    return full.reshape(like.shape)
+
+
+def kl_div(ct, inputs, out, temperature):
+    """d/dlogits = (q - p) / T; d/dtarget = p (log p - log q - KL) / T; per counted row, over their number."""
+    logits, target, *mask = inputs
+    mask = mask[0] if mask else None
+    rows, log_q, log_p = lowering.kl_rows(lowering.selected_rows(logits, mask), lowering.selected_rows(target, mask),
+                                         temperature)
+    scale = ct / (max(len(rows), 1) * temperature)
+    p = np.exp(log_p)
+    d_logits = (np.exp(log_q) - p) * scale
+    d_target = p * (log_p - log_q - rows[:, None]) * scale
+    grads = (_scatter_rows(d_logits.astype(logits.dtype, copy=False), logits, mask),
+             _scatter_rows(d_target.astype(target.dtype, copy=False), target, mask))
+    return grads + ((None,) if mask is not None else ())
+
+
+def cosine(ct, inputs, out):
+    """d(1 - cos)/dx = -(y / sqrt(ab) - cos x / a), and its mirror for y; over the counted rows' number."""
+    x, y, *mask = inputs
+    mask = mask[0] if mask else None
+    xs, ys = lowering.selected_rows(x, mask), lowering.selected_rows(y, mask)
+    cos, _, a, b = lowering.cosine_rows(xs, ys)
+    scale = -ct / max(len(cos), 1)
+    root = np.sqrt(a * b)[:, None]
+    dx = (ys / root - cos[:, None] * xs / a[:, None]) * scale
+    dy = (xs / root - cos[:, None] * ys / b[:, None]) * scale
+    grads = (_scatter_rows(dx.astype(x.dtype, copy=False), x, mask),
+             _scatter_rows(dy.astype(y.dtype, copy=False), y, mask))
+    return grads + ((None,) if mask is not None else ())
+
+
+# Ops whose backward takes ``needed`` (one bool per operand) and skips the cotangents nobody reads:
+# a frozen weight's [N, K] gradient is never made when only adapters train (LoRA's point).
+NEEDS_NEEDED = frozenset({Op.LINEAR, Op.LORA})
+
 # op -> its backward. Attrs arrive as keyword arguments, as in the forward TABLE.
 VJP = {
     Op.EMBED: embed,
@@ -195,9 +261,12 @@ VJP = {
     Op.FIRST_TOKEN: first_token,
     Op.CONCAT: concat,
     Op.DROPOUT: dropout,
+    Op.LORA: lora,
     Op.CROSS_ENTROPY: cross_entropy,
     Op.MSE: mse,
     Op.BCE_LOGITS: bce_logits,
     Op.PICK: pick,
     Op.WEIGHTED_SUM: weighted_sum,
+    Op.KL_DIV: kl_div,
+    Op.COSINE: cosine,
 }

@@ -1,0 +1,1 @@
+"""Smaller and cheaper models: distilled students, LoRA adapters, linear probes on embeddings."""
