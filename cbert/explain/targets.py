@@ -8,6 +8,8 @@ the model-randomization sanity check does exactly that.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from ..errors import InputError
@@ -20,7 +22,7 @@ from ..tasks.windows import aggregate
 LOSS = "loss"  # the gradient graph's scalar: minus the target's log-probability, summed over rows
 
 
-class Target:
+class Target(ABC):
     """Base of the four targets. ``windows``: the indices (into the subject's windows) whose outputs
     make the prediction; ``weights``: d(note probability)/d(window probability) at the prediction."""
 
@@ -28,27 +30,29 @@ class Target:
     windows: list[int]
     weights: np.ndarray
 
+    @abstractmethod
     def probabilities(self, model, batch: dict[str, np.ndarray], window: int) -> np.ndarray:
         """[rows] the target's probability for each row of ``batch`` (inputs of window ``window``)."""
-        raise NotImplementedError
 
     def combine(self, window_probs: np.ndarray) -> np.ndarray:
         """[variants] note probabilities from [len(windows), variants] window probabilities."""
         return window_probs[0]
 
+    @abstractmethod
     def rows(self, window: int) -> list[int]:
         """The window rows whose outputs the prediction reads (attention rollout starts from them)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss_nodes(self) -> tuple[list[Node], tuple[str, ...]]:
         """(nodes computing LOSS = -log p(target) summed over rows, the label inputs they read)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss_labels(self, window: int, n: int, seq: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The label inputs of ``loss_nodes`` for window ``window`` of ``n`` rows of ``seq`` tokens."""
 
+    @abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        """The target as the report and the JSON show it."""
 
 
 class ClassifyTarget(Target):
