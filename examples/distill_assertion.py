@@ -3,8 +3,9 @@ student, and report both models' test accuracy and how much faster the student r
 
 The teacher is the offline all-MiniLM-L6-v2 (6 layers) fine-tuned on examples/data/assertion/train.jsonl
 (or ``--teacher DIR``, an assertion classifier you already have). The student takes the teacher's
-layers 0, 2 and 4 (as DistilBERT was initialized) and learns from the teacher's soft targets, the
-labels and the teacher's hidden states (``cbert train distill``'s loss). Speed: both models classify
+layers 0, 3 and 5 (one out of two and the last, as DistilBERT was initialized) and learns from the
+teacher's soft targets, the labels and the teacher's hidden states (``cbert train distill``'s loss).
+Speed: both models classify
 the test sentences, batch by batch, in alternating rounds on the same backend; the ratio is the
 median over rounds of teacher time / student time. ``--quick`` runs a small slice (what the tests run).
 

@@ -77,11 +77,11 @@ def _tensors(folder) -> dict[str, np.ndarray]:
 
 # -- the student -------------------------------------------------------------------------------------
 
-def test_teacher_layers_take_every_other_one():
-    assert teacher_layers(12, 6) == [0, 2, 4, 6, 8, 10]
-    assert teacher_layers(6, 3) == [0, 2, 4]
+def test_teacher_layers_take_every_other_one_and_the_last():
+    assert teacher_layers(12, 6) == [0, 2, 4, 7, 9, 11]  # extract_distilbert.py's
+    assert teacher_layers(6, 3) == [0, 3, 5] and teacher_layers(4, 2) == [0, 3]
     assert teacher_layers(6, 6) == list(range(6))
-    assert teacher_layers(6, 4) == [0, 1, 3, 4] and teacher_layers(4, 1) == [0]
+    assert teacher_layers(6, 4) == [0, 2, 3, 5] and teacher_layers(4, 1) == [0]
 
 
 @pytest.mark.parametrize("name,family", [("mlm", None), ("mlm", "distilbert"), ("mlm_untied", "distilbert"),
@@ -91,7 +91,7 @@ def test_student_layers_equal_the_teachers_chosen_layers(teachers, tmp_path, nam
 
     folder, _ = teachers(name)
     student = init_student(folder, tmp_path / "student", 2, family=family)
-    assert student.layers == [0, 2]
+    assert student.layers == [0, 3]
     t, s = _tensors(folder), _tensors(tmp_path / "student")
     compared = set()
 
@@ -196,7 +196,7 @@ def test_students_of_other_families_load_in_transformers(tmp_path, config_name, 
     if config_name == "RobertaConfig":
         t, s = _tensors(teacher), _tensors(tmp_path / "s")
         np.testing.assert_array_equal(s["roberta.encoder.layer.1.output.dense.weight"],
-                                      t["roberta.encoder.layer.2.output.dense.weight"])
+                                      t["roberta.encoder.layer.3.output.dense.weight"])
 
 
 # -- the loss terms against DistilBERT's code ----------------------------------------------------------
@@ -388,7 +388,7 @@ def test_masked_lm_distillation_into_distilbert_and_from_unlabeled_text(teachers
     summary = distill(folder, notes, out, student_family="distilbert", eval_file=notes, epochs=2, **FAST)
     assert summary["architecture"] == "DistilBertForMaskedLM" and np.isfinite(summary["metrics"]["perplexity"])
     settings = json.loads((out / "cbert-run.json").read_text())["settings"]
-    assert settings["student_layers"] == [0, 2] and settings["temperature"] == 2.0 and settings["alpha_ce"] == 5.0
+    assert settings["student_layers"] == [0, 3] and settings["temperature"] == 2.0 and settings["alpha_ce"] == 5.0
     assert cbert.load(out, backend="numpy").config.num_hidden_layers == 2
     # A classifier teacher labels plain texts: no labels, no hard term, the soft targets alone
     folder, _ = teachers("token_cls")
@@ -501,7 +501,7 @@ def test_distill_assertion_example_runs_on_a_slice(tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads(figures.read_text())
     assert result["teacher_layers"] == 6 and result["student_layers"] == 3
-    assert result["student_from_teacher_layers"] == [0, 2, 4] and result["train_rows"] == 48
+    assert result["student_from_teacher_layers"] == [0, 3, 5] and result["train_rows"] == 48
     assert 0 <= result["student_accuracy"] <= 1 and 0 <= result["teacher_accuracy"] <= 1
     assert result["speed"]["sentences"] == 16 and result["speed"]["ratio"] > 0
-    assert "student: 3 layers (the teacher's [0, 2, 4])" in r.stdout and "x faster" in r.stdout
+    assert "student: 3 layers (the teacher's [0, 3, 5])" in r.stdout and "x faster" in r.stdout

@@ -2,7 +2,8 @@
 
 As the DistilBERT paper did (Sanh et al. 2019, section 3; transformers' research_projects/distillation/
 scripts/extract_distilbert.py): the embeddings and the head are copied, and student layer j takes the
-weights of teacher layer ``layers[j]`` (by default ``j * L // N``: 0, 2, 4 ... when N = L / 2). The
+weights of teacher layer ``layers[j]`` (by default one out of two with the last kept, as
+extract_distilbert.py took 0, 2, 4, 7, 9, 11 of 12; :func:`teacher_layers`). The
 student is of the teacher's family, or a DistilBERT for a BERT teacher (``family="distilbert"``:
 DistilBERT's tensor names, no token types, no pooler). DistilBERT has no token-type table; its
 position table takes the teacher's token-type row 0 added in, so the student's embeddings of a
@@ -47,9 +48,14 @@ HEAD_TASKS = (("mlm", "mlm"), ("seq_cls", "seq-cls"), ("token_cls", "token-cls")
 
 
 def teacher_layers(total: int, n: int) -> list[int]:
-    """Which of ``total`` teacher layers the ``n`` student layers take: every other one when
-    ``n = total / 2`` (0, 2, 4 ...), evenly spread otherwise, always starting at layer 0."""
-    return [j * total // n for j in range(n)]
+    """Which of ``total`` teacher layers the ``n`` student layers take: one out of two, the first and
+    the last kept and the rest evenly spread (rounded half up), as extract_distilbert.py chose
+    0, 2, 4, 7, 9, 11 of BERT-base's 12. The last layer matters: it is the one the teacher's head
+    reads (the assertion MiniLM's classifier over layers 0, 2, 4 starts at 40% dev accuracy, over
+    0, 3, 5 at 74%). A single layer is the first."""
+    if n == 1:
+        return [0]
+    return [(2 * j * (total - 1) + n - 1) // (2 * (n - 1)) for j in range(n)]
 
 
 @dataclass
