@@ -121,3 +121,24 @@ def test_wgpu_keeps_only_the_most_recent_dispatch_lists(folder, monkeypatch):
     assert list(run.plans) == [(1, 7), (1, 8), (1, 5)]  # (1, 6) dropped; (1, 5) used last
     again = model.forward(np.full((1, 6), 9), outputs=("last_hidden_state",)).last_hidden_state  # rebuilt
     assert_close(again, want[6], "a dispatch list rebuilt after it was dropped")
+
+
+def test_mlx_cpu_attention_in_chunks_of_sequences_equals_the_reference():
+    """Long buckets run MLX's CPU attention a few sequences at a time (lowering._CPU_ATTENTION_WEIGHTS)."""
+    from cbert.backends import backend_class
+
+    backend_class("mlx")  # the BLAS before mlx.core
+    import mlx.core as mx
+
+    from cbert.backends.mlx import lowering
+    from cbert.backends.numpy.lowering import attention, mask_bias
+
+    rng = np.random.default_rng(0)
+    heads, B, S = 4, 7, 512
+    assert lowering._CPU_ATTENTION_WEIGHTS // (heads * S * S) < B  # this shape is chunked
+    qkv = rng.standard_normal((B, S, 3 * heads * 8), dtype=np.float32)
+    mask = (np.arange(S)[None] < rng.integers(1, S + 1, (B, 1))).astype(np.int64)
+    bias = mask_bias(mask)
+    p = lowering.Precision(store=mx.float32, gemm=mx.float32, cpu=True)
+    got = lowering.attention(p, mx.array(qkv), mx.array(bias), heads)
+    assert_close(np.array(got), attention(qkv, bias, heads), "chunked MLX CPU attention")

@@ -318,10 +318,12 @@ def _scores(q: mx.array, k: mx.array, bias: mx.array, d: int) -> mx.array:
 
 # On the CPU a batch's attention weights ([B, heads, S, S]: 157 MB for 12 heads at 32 x 320)
 # pass through memory once per kernel (scores, max, the exp's two kernels, row sums, e @ v).
-# Taken a few sequences at a time, about this many weights (4 MB) at once, they stay in cache
-# from one kernel to the next: measured (12 heads, head dim 32, CPU time, 2 busy cores) at
-# 32 x 320 1325 -> 543 ms, at 32 x 128 159 -> 98 ms, at 32 x 48 16 -> 17 ms; the trace is no slower.
-_CPU_ATTENTION_WEIGHTS = 1 << 20
+# Taken a few sequences at a time, they stay in the caches from one kernel to the next:
+# measured (12 heads, head dim 32, CPU time, 2 cores shared with other jobs) at 32 x 320,
+# 1325 ms unchunked, 540-960 ms at 2^20 weights a chunk, 640-730 at 2^22; at 32 x 128 (2^20), 159
+# -> 98 ms. Each chunk adds nodes to the trace: at 2^20 (32 chunks a layer at 32 x 320) the
+# first forward of that shape took ~5 s more than the next ones, at 2^22 (11 chunks) none.
+_CPU_ATTENTION_WEIGHTS = 1 << 22
 
 
 def attention(p: Precision, qkv: mx.array, bias: mx.array, heads: int) -> mx.array:
