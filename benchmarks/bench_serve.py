@@ -4,7 +4,9 @@ against the server with batching across requests on and off (``--no-batching``: 
 per forward), and, when installed, sentence-transformers' ``encode`` called from N threads
 in this process (no HTTP, so it is favoured). Reports requests/s, tokens/s, p50 and p99
 latency, the batched/unbatched ratio, and the largest difference between any answer and
-offline ``model.embed`` of the same note.
+offline ``model.embed`` of the same note. It also reports the CPU the server and this load
+generator took (Linux ``/proc``): on a shared machine the server's share of the cores drifts
+between slices, while its CPU per request, and so the ratio of those, does not.
 
 ``--engine-only`` measures the model's own ceiling instead, with no HTTP and no clients: the
 server's engine in this process, given ``--clients`` notes at once per round, with one request
@@ -120,6 +122,12 @@ def load(call, n_clients: int, seconds: float, n_texts: int) -> dict:
             "errors": errors, "texts": [i for d in done_texts for i in d]}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class CbertServer:
     """``cbert serve`` in a subprocess on a free loopback port, one keep-alive connection per client."""
 
@@ -175,7 +183,8 @@ class CbertServer:
         conn = self._connect()
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
-        return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")}
+        values = {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")}
+        return {**values, "server_cpu_seconds": _cpu_seconds(self.proc.pid)}
 
     def stop(self) -> None:
         for c in self.conns:
@@ -279,9 +288,9 @@ def main() -> int:
         # Alternating slices: a machine whose load drifts (a shared one) weighs on every system alike.
         for _ in range(ARGS.rounds):
             for name, system in systems.items():
-                before = system.metrics()
+                before = {**system.metrics(), "this_cpu_seconds": time.process_time()}
                 run = load(system.call, ARGS.clients, ARGS.seconds / ARGS.rounds, len(texts))
-                runs[name].append((before, run, system.metrics()))
+                runs[name].append((before, run, {**system.metrics(), "this_cpu_seconds": time.process_time()}))
     finally:
         for system in systems.values():
             system.stop()
@@ -302,15 +311,23 @@ def main() -> int:
                 f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {len(errors)}"
                 + (f" (first: {errors[0]})" if errors else "")
                 + f"  max |answer - model.embed| {result['max_abs_diff_vs_model_embed']:.1e}")
-        if runs[name][0][0]:  # the server's own metrics: forwards, their size, how busy the model was
-            def delta(key: str, slices=runs[name]) -> float:
-                return sum(after[key] - before[key] for before, _, after in slices)
+        def delta(key: str, slices=runs[name]) -> float:
+            return sum(after[key] - before[key] for before, _, after in slices)
 
+        # CPU in cores (CPU seconds per second): what each side takes of the machine the load shares.
+        result["this_process_cpu"] = delta("this_cpu_seconds") / seconds
+        if "server_cpu_seconds" in runs[name][0][0]:  # the server's own metrics: forwards, their size, how busy
             forwards = delta("cbert_forward_duration_seconds_count")
             result.update(forwards=int(forwards), padded_tokens_per_forward=delta("cbert_batch_tokens_sum") / forwards,
-                          model_busy=delta("cbert_forward_duration_seconds_sum") / seconds)
+                          model_busy=delta("cbert_forward_duration_seconds_sum") / seconds,
+                          server_cpu=delta("server_cpu_seconds") / seconds,
+                          server_cpu_ms_per_request=1000 * delta("server_cpu_seconds") / len(latencies))
             line += (f"  {result['forwards']} forwards of {result['padded_tokens_per_forward']:.0f} padded tokens, "
-                     f"model busy {100 * result['model_busy']:.0f}%")
+                     f"model busy {100 * result['model_busy']:.0f}%, CPU: server {result['server_cpu']:.2f} cores "
+                     f"({result['server_cpu_ms_per_request']:.1f} ms a request), load generator "
+                     f"{result['this_process_cpu']:.2f}")
+        else:
+            line += f"  CPU {result['this_process_cpu']:.2f} cores"
         results[name] = result
         print(line, flush=True)
     if "batched" in results and "unbatched" in results:
@@ -318,6 +335,10 @@ def main() -> int:
         print(f"batching across requests: {ratio:.2f}x the throughput of one request per forward "
               f"(load average now {os.getloadavg()[0]:.1f})")
         results["batched_over_unbatched"] = ratio
+        # On a shared machine the server's share of the cores drifts; its CPU per request does not.
+        cpu_ratio = results["unbatched"]["server_cpu_ms_per_request"] / results["batched"]["server_cpu_ms_per_request"]
+        print(f"server CPU per request: batched {cpu_ratio:.2f}x less than one request per forward")
+        results["unbatched_over_batched_cpu_per_request"] = cpu_ratio
     if ARGS.json:
         Path(ARGS.json).write_text(json.dumps({"args": vars(ARGS), "results": results}, indent=2))
     return 0
