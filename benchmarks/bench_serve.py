@@ -234,25 +234,28 @@ def engine_only(model: str, texts: list[str]) -> dict:
         e.start()
     rng = np.random.default_rng(0)
     seconds = dict.fromkeys(engines, 0.0)
+    cpu = dict.fromkeys(engines, 0.0)  # this process's CPU seconds: what a shared machine's load does not skew
     try:
         for r in range(ARGS.rounds + 1):  # round 0 warms every shape up, unmeasured
             jobs = [pipeline.prepare([texts[i]], "input", False) for i in rng.choice(len(texts), ARGS.clients)]
             for name, engine in engines.items():  # alternating: a shared machine's drifting load weighs on each
                 answered = threading.Semaphore(0)
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 for job in jobs:
                     engine.submit(job.windows, "pooled", 1, lambda result, a=answered: a.release())
                 for _ in jobs:
                     answered.acquire()
                 seconds[name] += (time.perf_counter() - start) if r else 0.0
+                cpu[name] += (time.process_time() - cpu_start) if r else 0.0
     finally:
         for e in engines.values():
             e.stop()
-    base = seconds["one request per forward"]
+    base, base_cpu, n = seconds["one request per forward"], cpu["one request per forward"], ARGS.rounds * ARGS.clients
     for name, t in seconds.items():
-        print(f"{name:>32}: {ARGS.rounds * ARGS.clients / t:7.1f} requests/s  {base / t:5.2f}x one request per forward",
-              flush=True)
-    return {name: {"seconds": t, "over_one_per_forward": base / t} for name, t in seconds.items()}
+        print(f"{name:>32}: {n / t:7.1f} requests/s  {base / t:5.2f}x one request per forward;  CPU "
+              f"{1000 * cpu[name] / n:6.1f} ms a request, {base_cpu / cpu[name]:5.2f}x less", flush=True)
+    return {name: {"seconds": t, "over_one_per_forward": base / t, "cpu_seconds": cpu[name],
+                   "cpu_over_one_per_forward": base_cpu / cpu[name]} for name, t in seconds.items()}
 
 
 def main() -> int:
@@ -311,6 +314,7 @@ def main() -> int:
                 f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {len(errors)}"
                 + (f" (first: {errors[0]})" if errors else "")
                 + f"  max |answer - model.embed| {result['max_abs_diff_vs_model_embed']:.1e}")
+
         def delta(key: str, slices=runs[name]) -> float:
             return sum(after[key] - before[key] for before, _, after in slices)
 
