@@ -136,9 +136,13 @@ class CbertServer:
                "--max-queue", str(max(512, 2 * ARGS.clients)), *([] if batching else ["--no-batching"])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "CBERT_API_KEY": ""})
-        line = self.proc.stderr.readline()
-        if " on http://" not in line:
-            raise RuntimeError(f"cbert serve did not start: {line}{self.proc.stderr.read()}")
+        before = []  # warnings may come first (wgpu on a software adapter says so)
+        for line in self.proc.stderr:
+            if " on http://" in line:
+                break
+            before.append(line)
+        else:  # it exited
+            raise RuntimeError(f"cbert serve did not start: {''.join(before)}")
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep its pipe drained
         self.host, port = line.split(" on http://")[1].split()[0].rsplit(":", 1)
         self.port = int(port)
