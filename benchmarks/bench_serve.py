@@ -329,7 +329,7 @@ def main() -> int:
             result.update(forwards=int(forwards), padded_tokens_per_forward=delta("cbert_batch_tokens_sum") / forwards,
                           model_busy=delta("cbert_forward_duration_seconds_sum") / seconds,
                           server_cpu=delta("server_cpu_seconds") / seconds,
-                          server_cpu_ms_per_request=1000 * delta("server_cpu_seconds") / len(latencies))
+                          server_cpu_ms_per_request=1000 * delta("server_cpu_seconds") / max(1, len(latencies)))
             line += (f"  {result['forwards']} forwards of {result['padded_tokens_per_forward']:.0f} padded tokens, "
                      f"model busy {100 * result['model_busy']:.0f}%, CPU: server {result['server_cpu']:.2f} cores "
                      f"({result['server_cpu_ms_per_request']:.1f} ms a request), load generator "
