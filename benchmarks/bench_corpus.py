@@ -3,13 +3,17 @@
 Notes of 1 to 14 templated sentences (seeded), embedded with all-MiniLM-L6-v2 (mean pooling,
 normalized) at batch size 32, twice in one fresh process per system: the first pass is cold
 (every shape new, nothing prepared), the second warm. Systems: cbert in one process (numpy,
-MLX), sentence-transformers' ``encode`` (torch on the CPU, as many threads), and on request
-cbert embed-corpus on a local Ray runtime with 2 workers and sentence-transformers' 2-process
-pool. Then the wall time of a one-shot ``cbert embed "one sentence"`` per backend, each run a
-fresh process (``cbert.tools.bench.cold_start``, as ``cbert bench --cold``), run twice: the first
-run on a machine may fill on-disk caches. Reports notes/s and tokens/s (tokens as cbert's
-tokenizer counts them, special tokens included) and the issue's goals as ratios within this run.
-``--write-readme`` puts the table into README.md between its bench_corpus markers.
+MLX), sentence-transformers' ``encode`` (torch on the CPU, as many threads, the same batch size)
+with ``max_seq_length`` raised to the model's positions, so that it truncates nothing and does the
+work cbert does (cbert windows a longer note, it never truncates), and on request
+sentence-transformers at its default ``max_seq_length`` (256 for this model: it cuts the longest
+notes, so does less work), cbert embed-corpus on a local Ray runtime with 2 workers and
+sentence-transformers' 2-process pool. Then the wall time of a one-shot ``cbert embed "one
+sentence"`` per backend, each run a fresh process (``cbert.tools.bench.cold_start``, as ``cbert
+bench --cold``), run twice: the first run on a machine may fill on-disk caches. Reports notes/s
+and tokens/s (tokens as cbert's tokenizer counts them, special tokens included) and the issue's
+goals as ratios within this run. ``--write-readme`` puts the table into README.md between its
+bench_corpus markers.
 
     python benchmarks/bench_corpus.py [--notes 1000] [--threads 2] [--systems numpy,mlx,st]
                                       [--cli-backends numpy,mlx,wgpu] [--json out.json] [--write-readme]
@@ -35,7 +39,8 @@ SYSTEMS = {
     "numpy": "cbert numpy, one process",
     "mlx": "cbert MLX (CPU build here), one process",
     "ray": "cbert embed-corpus, Ray, 2 workers (numpy)",
-    "st": "sentence-transformers encode",
+    "st": "sentence-transformers encode, no truncation",
+    "st-default": "sentence-transformers encode, its default max_seq_length",
     "st-pool": "sentence-transformers encode, 2-process pool",
 }
 
@@ -149,6 +154,9 @@ def run_system(system: str, data: Path, model: str, threads: int, batch_size: in
         torch.set_num_threads(threads)
         out["load_s"] = _timed(lambda: out.setdefault("model", SentenceTransformer(model, device="cpu")))
         st = out.pop("model")
+        if system != "st-default":  # the model's every position: no note cut, the work cbert does
+            # (not the tokenizer's model_max_length: sentence-transformers sets it to its own 256)
+            st.max_seq_length = st[0].auto_model.config.max_position_embeddings
         pool = st.start_multi_process_pool(["cpu"] * 2) if system == "st-pool" else None
         for name in ("cold_s", "warm_s"):
             out[name] = _timed(lambda: st.encode(texts, batch_size=batch_size, normalize_embeddings=True,
@@ -163,7 +171,8 @@ def _available(system: str) -> str | None:
     """Why a system cannot run here, or None."""
     import importlib.util
 
-    need = {"mlx": "mlx", "ray": "ray", "st": "sentence_transformers", "st-pool": "sentence_transformers"}
+    need = {"mlx": "mlx", "ray": "ray", "st": "sentence_transformers", "st-default": "sentence_transformers",
+            "st-pool": "sentence_transformers"}
     module = need.get(system)
     if module and importlib.util.find_spec(module) is None:
         return f"{module} is not installed"
