@@ -6,7 +6,9 @@ in this process (no HTTP, so it is favoured). Reports requests/s, tokens/s, p50 
 latency, the batched/unbatched ratio, and the largest difference between any answer and
 offline ``model.embed`` of the same note. It also reports the CPU the server and this load
 generator took (Linux ``/proc``): on a shared machine the server's share of the cores drifts
-between slices, while its CPU per request, and so the ratio of those, does not.
+between slices, while its CPU per request, and so the ratio of those, does not. One BLAS thread
+by default (``--threads``): with 2 on a busy 2-core machine a one-request forward took 14x the
+CPU it takes with one (README, Serving), which flatters batching without serving more.
 
 ``--engine-only`` measures the model's own ceiling instead, with no HTTP and no clients: the
 server's engine in this process, given ``--clients`` notes at once per round, with one request
@@ -44,7 +46,9 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured load per system")
     ap.add_argument("--rounds", type=int, default=4, help="alternating slices the seconds are cut into")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured load first (compiles, caches)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS / torch threads")
+    ap.add_argument("--threads", type=int, default=1, help=(
+        "BLAS / torch threads of the server (cbert serve --threads) and of sentence-transformers (default 1: on the "
+        "2-core shared machine of the README's figures, 2 threads made each request cost several times the CPU)"))
     ap.add_argument("--notes", type=int, default=1000, help="distinct generated notes the clients cycle through")
     ap.add_argument("--max-sentences", type=int, default=6, help="a note has 1 to this many sentences")
     ap.add_argument("--systems", default="batched,unbatched,sentence-transformers")
@@ -133,7 +137,8 @@ class CbertServer:
 
     def __init__(self, model: str, texts: list[str], batching: bool):
         cmd = [sys.executable, "-m", "cbert.cli", "serve", "--model", model, "--backend", ARGS.backend, "--port", "0",
-               "--max-queue", str(max(512, 2 * ARGS.clients)), *([] if batching else ["--no-batching"])]
+               "--threads", str(ARGS.threads), "--max-queue", str(max(512, 2 * ARGS.clients)),
+               *([] if batching else ["--no-batching"])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "CBERT_API_KEY": ""})
         before = []  # warnings may come first (wgpu on a software adapter says so)
