@@ -4,7 +4,11 @@ against the server with batching across requests on and off (``--no-batching``: 
 per forward), and, when installed, sentence-transformers' ``encode`` called from N threads
 in this process (no HTTP, so it is favoured). Reports requests/s, tokens/s, p50 and p99
 latency, the batched/unbatched ratio, and the largest difference between any answer and
-offline ``model.embed`` of the same note.
+offline ``model.embed`` of the same note. It also reports the CPU the server and this load
+generator took (Linux ``/proc``): on a shared machine the server's share of the cores drifts
+between slices, while its CPU per request, and so the ratio of those, does not. One BLAS thread
+by default (``--threads``): with 2 on a busy 2-core machine a one-request forward took 14x the
+CPU it takes with one (README, Serving), which flatters batching without serving more.
 
 ``--engine-only`` measures the model's own ceiling instead, with no HTTP and no clients: the
 server's engine in this process, given ``--clients`` notes at once per round, with one request
@@ -42,7 +46,9 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured load per system")
     ap.add_argument("--rounds", type=int, default=4, help="alternating slices the seconds are cut into")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured load first (compiles, caches)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS / torch threads")
+    ap.add_argument("--threads", type=int, default=1, help=(
+        "BLAS / torch threads of the server (cbert serve --threads) and of sentence-transformers (default 1: on the "
+        "2-core shared machine of the README's figures, 2 threads made each request cost several times the CPU)"))
     ap.add_argument("--notes", type=int, default=1000, help="distinct generated notes the clients cycle through")
     ap.add_argument("--max-sentences", type=int, default=6, help="a note has 1 to this many sentences")
     ap.add_argument("--systems", default="batched,unbatched,sentence-transformers")
@@ -120,17 +126,28 @@ def load(call, n_clients: int, seconds: float, n_texts: int) -> dict:
             "errors": errors, "texts": [i for d in done_texts for i in d]}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class CbertServer:
     """``cbert serve`` in a subprocess on a free loopback port, one keep-alive connection per client."""
 
     def __init__(self, model: str, texts: list[str], batching: bool):
         cmd = [sys.executable, "-m", "cbert.cli", "serve", "--model", model, "--backend", ARGS.backend, "--port", "0",
-               "--max-queue", str(max(512, 2 * ARGS.clients)), *([] if batching else ["--no-batching"])]
+               "--threads", str(ARGS.threads), "--max-queue", str(max(512, 2 * ARGS.clients)),
+               *([] if batching else ["--no-batching"])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "CBERT_API_KEY": ""})
-        line = self.proc.stderr.readline()
-        if " on http://" not in line:
-            raise RuntimeError(f"cbert serve did not start: {line}{self.proc.stderr.read()}")
+        before = []  # warnings may come first (wgpu on a software adapter says so)
+        for line in self.proc.stderr:
+            if " on http://" in line:
+                break
+            before.append(line)
+        else:  # it exited
+            raise RuntimeError(f"cbert serve did not start: {''.join(before)}")
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep its pipe drained
         self.host, port = line.split(" on http://")[1].split()[0].rsplit(":", 1)
         self.port = int(port)
@@ -175,7 +192,8 @@ class CbertServer:
         conn = self._connect()
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
-        return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")}
+        values = {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")}
+        return {**values, "server_cpu_seconds": _cpu_seconds(self.proc.pid)}
 
     def stop(self) -> None:
         for c in self.conns:
@@ -225,25 +243,28 @@ def engine_only(model: str, texts: list[str]) -> dict:
         e.start()
     rng = np.random.default_rng(0)
     seconds = dict.fromkeys(engines, 0.0)
+    cpu = dict.fromkeys(engines, 0.0)  # this process's CPU seconds: what a shared machine's load does not skew
     try:
         for r in range(ARGS.rounds + 1):  # round 0 warms every shape up, unmeasured
             jobs = [pipeline.prepare([texts[i]], "input", False) for i in rng.choice(len(texts), ARGS.clients)]
             for name, engine in engines.items():  # alternating: a shared machine's drifting load weighs on each
                 answered = threading.Semaphore(0)
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 for job in jobs:
                     engine.submit(job.windows, "pooled", 1, lambda result, a=answered: a.release())
                 for _ in jobs:
                     answered.acquire()
                 seconds[name] += (time.perf_counter() - start) if r else 0.0
+                cpu[name] += (time.process_time() - cpu_start) if r else 0.0
     finally:
         for e in engines.values():
             e.stop()
-    base = seconds["one request per forward"]
+    base, base_cpu, n = seconds["one request per forward"], cpu["one request per forward"], ARGS.rounds * ARGS.clients
     for name, t in seconds.items():
-        print(f"{name:>32}: {ARGS.rounds * ARGS.clients / t:7.1f} requests/s  {base / t:5.2f}x one request per forward",
-              flush=True)
-    return {name: {"seconds": t, "over_one_per_forward": base / t} for name, t in seconds.items()}
+        print(f"{name:>32}: {n / t:7.1f} requests/s  {base / t:5.2f}x one request per forward;  CPU "
+              f"{1000 * cpu[name] / n:6.1f} ms a request, {base_cpu / cpu[name]:5.2f}x less", flush=True)
+    return {name: {"seconds": t, "over_one_per_forward": base / t, "cpu_seconds": cpu[name],
+                   "cpu_over_one_per_forward": base_cpu / cpu[name]} for name, t in seconds.items()}
 
 
 def main() -> int:
@@ -279,9 +300,9 @@ def main() -> int:
         # Alternating slices: a machine whose load drifts (a shared one) weighs on every system alike.
         for _ in range(ARGS.rounds):
             for name, system in systems.items():
-                before = system.metrics()
+                before = {**system.metrics(), "this_cpu_seconds": time.process_time()}
                 run = load(system.call, ARGS.clients, ARGS.seconds / ARGS.rounds, len(texts))
-                runs[name].append((before, run, system.metrics()))
+                runs[name].append((before, run, {**system.metrics(), "this_cpu_seconds": time.process_time()}))
     finally:
         for system in systems.values():
             system.stop()
@@ -302,15 +323,24 @@ def main() -> int:
                 f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {len(errors)}"
                 + (f" (first: {errors[0]})" if errors else "")
                 + f"  max |answer - model.embed| {result['max_abs_diff_vs_model_embed']:.1e}")
-        if runs[name][0][0]:  # the server's own metrics: forwards, their size, how busy the model was
-            def delta(key: str, slices=runs[name]) -> float:
-                return sum(after[key] - before[key] for before, _, after in slices)
 
+        def delta(key: str, slices=runs[name]) -> float:
+            return sum(after[key] - before[key] for before, _, after in slices)
+
+        # CPU in cores (CPU seconds per second): what each side takes of the machine the load shares.
+        result["this_process_cpu"] = delta("this_cpu_seconds") / seconds
+        if "server_cpu_seconds" in runs[name][0][0]:  # the server's own metrics: forwards, their size, how busy
             forwards = delta("cbert_forward_duration_seconds_count")
             result.update(forwards=int(forwards), padded_tokens_per_forward=delta("cbert_batch_tokens_sum") / forwards,
-                          model_busy=delta("cbert_forward_duration_seconds_sum") / seconds)
+                          model_busy=delta("cbert_forward_duration_seconds_sum") / seconds,
+                          server_cpu=delta("server_cpu_seconds") / seconds,
+                          server_cpu_ms_per_request=1000 * delta("server_cpu_seconds") / max(1, len(latencies)))
             line += (f"  {result['forwards']} forwards of {result['padded_tokens_per_forward']:.0f} padded tokens, "
-                     f"model busy {100 * result['model_busy']:.0f}%")
+                     f"model busy {100 * result['model_busy']:.0f}%, CPU: server {result['server_cpu']:.2f} cores "
+                     f"({result['server_cpu_ms_per_request']:.1f} ms a request), load generator "
+                     f"{result['this_process_cpu']:.2f}")
+        else:
+            line += f"  CPU {result['this_process_cpu']:.2f} cores"
         results[name] = result
         print(line, flush=True)
     if "batched" in results and "unbatched" in results:
@@ -318,6 +348,10 @@ def main() -> int:
         print(f"batching across requests: {ratio:.2f}x the throughput of one request per forward "
               f"(load average now {os.getloadavg()[0]:.1f})")
         results["batched_over_unbatched"] = ratio
+        # On a shared machine the server's share of the cores drifts; its CPU per request does not.
+        cpu_ratio = results["unbatched"]["server_cpu_ms_per_request"] / results["batched"]["server_cpu_ms_per_request"]
+        print(f"server CPU per request: batched {cpu_ratio:.2f}x less than one request per forward")
+        results["unbatched_over_batched_cpu_per_request"] = cpu_ratio
     if ARGS.json:
         Path(ARGS.json).write_text(json.dumps({"args": vars(ARGS), "results": results}, indent=2))
     return 0

@@ -5,8 +5,12 @@ The data (examples/data/assertion/, written by make_assertion.py) pairs each sen
 asked about; a third of the sentences mention a second symptom with another status, which a bag of
 words cannot tell apart. ``--quick`` trains on a small slice for a smoke test (what the tests run);
 pass a checkpoint folder with ``--model`` to fine-tune another model, e.g. Bio_ClinicalBERT.
+``--lora R`` trains rank-R LoRA adapters on the query and value projections (and the classifier whole)
+instead of every weight, as PEFT's LoraConfig(r=R, lora_alpha=16, task_type="SEQ_CLS") does; the
+adapter folder is loaded onto the base for the test split.
 
     python examples/finetune_assertion.py [--quick] [--limit N] [--epochs 2] [--lr 1e-4] [--backend mlx|numpy]
+                                          [--lora 8 [--lora-alpha 16]]
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 import cbert
+from cbert.adapt.lora import LoraSettings
 from cbert.cli import default_model_path
 
 DATA = Path(__file__).parent / "data" / "assertion"
@@ -69,14 +75,24 @@ def main() -> None:
                         help="a smoke test: 320 training rows, one epoch at lr 3e-4, 100 dev and test rows")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N rows only")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4; 3e-4 with --quick)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default 1e-4, 1e-3 with --lora; 3e-4 and 3e-3 with --quick)")
+    parser.add_argument("--lora", type=int, default=None, metavar="R", help="train rank-R LoRA adapters instead")
+    parser.add_argument("--lora-alpha", type=float, default=16.0, metavar="A",
+                        help="the adapters' scale is A/R (default 16)")
+    parser.add_argument("--lora-targets", default="query,value", metavar="NAMES",
+                        help="the linears to adapt, as PEFT's target_modules (default query,value)")
     parser.add_argument("--backend", default="auto", choices=["auto", "mlx", "numpy"])
     parser.add_argument("--out", default=None, help="keep the fine-tuned model in this new folder (default: a "
                         "temporary one)")
     args = parser.parse_args()
     limit = 320 if args.quick and args.limit is None else args.limit
     epochs = 1 if args.quick else args.epochs
-    lr = args.lr or (3e-4 if args.quick else 1e-4)
+    # LoRA's few parameters start at B = 0 and need a larger step to move as far as full fine-tuning does
+    lr = args.lr or {(False, False): 1e-4, (True, False): 3e-4, (False, True): 1e-3, (True, True): 3e-3}[
+        (args.quick, args.lora is not None)]
+    lora = None if args.lora is None else LoraSettings(args.lora, args.lora_alpha, tuple(args.lora_targets.split(",")))
+    base = args.model or default_model_path()
     train, dev, test = read("train", limit), read("dev", 100 if args.quick else None), read("test")
     test = test[:100] if args.quick else test
 
@@ -86,13 +102,17 @@ def main() -> None:
         dev_file = Path(tmp) / "dev.jsonl"
         dev_file.write_text("".join(json.dumps(r) + "\n" for r in dev))
         out = Path(args.out) if args.out else Path(tmp) / "assertion-minilm"
-        summary = cbert.train.fit("seq-cls", args.model or default_model_path(), train_file, out, eval_file=dev_file,
+        start = time.perf_counter()
+        summary = cbert.train.fit("seq-cls", base, train_file, out, eval_file=dev_file,
                                   epochs=epochs, lr=lr, batch_size=16, warmup_ratio=0 if args.quick else 0.1,
-                                  weight_decay=0.01, seed=0, backend=args.backend)
-        model = cbert.load(out, backend="numpy")
+                                  weight_decay=0.01, seed=0, backend=args.backend, lora=lora)
+        seconds = time.perf_counter() - start
+        # a LoRA run's OUT is a PEFT adapter folder: merged onto the base as it loads
+        model = cbert.load(base, backend="numpy", adapter=out) if lora else cbert.load(out, backend="numpy")
         accuracy = test_accuracy(model, test)
-    print(f"trained on {len(train)} rows for {epochs} epoch(s), {summary['steps']} steps; best dev accuracy "
-          f"{summary['best']['value']:.3f}")
+    what = f"LoRA r={lora.r} alpha={lora.alpha:g} on {args.lora_targets}" if lora else "full fine-tuning"
+    print(f"{what}: trained on {len(train)} rows for {epochs} epoch(s) at lr {lr:g}, {summary['steps']} steps, "
+          f"{seconds:.0f} s; best dev accuracy {summary['best']['value']:.3f}")
     print(f"test accuracy: {accuracy:.3f} ({len(test)} rows)")
     print(f"bag-of-words baseline: {bag_of_words_accuracy(train, test):.3f}")
 

@@ -42,7 +42,8 @@ TEACHERS = {
     "mlm_untied": ("BertForMaskedLM", {**TINY, "tie_word_embeddings": False}),
     "seq_cls": ("BertForSequenceClassification", {**TINY, "id2label": LABELS,
                                                   "label2id": {v: k for k, v in LABELS.items()}}),
-    "token_cls": ("BertForTokenClassification", {**TINY, "num_labels": 3}),
+    "token_cls": ("BertForTokenClassification", {**TINY, "id2label": {0: "O", 1: "B-PROB", 2: "I-PROB"},
+                                                  "label2id": {"O": 0, "B-PROB": 1, "I-PROB": 2}}),
 }
 # BertLayer's tensors -> DistilBERT's TransformerBlock's (transformers' extract_distilbert.py pairs them so)
 BERT_TO_DISTILBERT = {"attention.self.query": "attention.q_lin", "attention.self.key": "attention.k_lin",
@@ -60,7 +61,7 @@ def teachers(tmp_path_factory):
             folder = str(tmp_path_factory.mktemp(f"teacher_{name}"))
             cls_name, kwargs = TEACHERS[name]
             model = write_checkpoint(folder, cls_name, kwargs, seed=3)
-            if name == "seq_cls":  # a confident classifier (random init gives near-uniform probabilities)
+            if name in ("seq_cls", "token_cls"):  # confident (random init gives near-uniform probabilities)
                 with torch.no_grad():
                     model.classifier.weight.mul_(40.0)
                 model.save_pretrained(folder, safe_serialization=True)
@@ -364,6 +365,51 @@ def test_distill_brings_a_classifier_student_to_its_teacher(teachers, tiny_data,
         want = hf(torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"]))
     got = cbert.load(out, backend="numpy").forward(batch["input_ids"], batch["attention_mask"]).logits
     assert_close(got, want.logits.numpy(), "the distilled student's logits")
+
+
+def test_a_token_classifier_teacher_distills_into_a_token_classifier(teachers, tmp_path):
+    """Labeled token data (tokens + tags): a DistilBERT token classifier nearer its teacher, per token,
+    the same losses from the cache (per-token rows), and a folder transformers loads with equal logits."""
+    import transformers
+
+    folder, _ = teachers("token_cls")
+    words = "the patient was given lasix for chest pain fever cough and heart failure".split()
+    rng = np.random.default_rng(2)
+    rows = []
+    for _ in range(32):
+        tokens = list(rng.choice(words, size=int(rng.integers(3, 8))))
+        rows.append({"tokens": tokens, "tags": ["B-PROB" if w in ("pain", "fever", "cough") else "O" for w in tokens]})
+    train = tmp_path / "tokens.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = [" ".join(r["tokens"]) for r in rows]
+
+    def token_kl(student) -> float:  # mean KL(teacher || student) over the real tokens
+        t, s = cbert.load(folder, backend="numpy"), cbert.load(student, backend="numpy")
+        batch = t.tokenizer(texts)
+        zt, zs = t.forward(**batch).logits, s.forward(batch["input_ids"], batch["attention_mask"]).logits
+        log_p, log_q = (z - z.max(-1, keepdims=True) for z in (zt, zs))
+        log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+        log_q = log_q - np.log(np.exp(log_q).sum(-1, keepdims=True))
+        kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+        return float(kl[batch["attention_mask"] == 1].mean())
+
+    runs = {}
+    for cached in (False, True):
+        out = tmp_path / f"run_cached{cached}"
+        summary = distill(folder, train, out, student_layers=2, student_family="distilbert", epochs=6,
+                          cache_teacher=cached, **FAST)
+        assert summary["architecture"] == "DistilBertForTokenClassification" and summary["steps"] == 24
+        runs[cached] = [r["loss"] for r in _log(out) if "loss" in r]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+    before, after = token_kl(out / "student-init"), token_kl(out)
+    assert after < 0.5 * before, (before, after)
+    hf, info = transformers.AutoModelForTokenClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and hf.config.n_layers == 2, info
+    batch = cbert.load(out, backend="numpy").tokenizer(texts[:4])
+    with torch.no_grad():
+        want = hf(torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"]))
+    got = cbert.load(out, backend="numpy").forward(batch["input_ids"], batch["attention_mask"]).logits
+    assert_close(got, want.logits.numpy(), "the distilled token classifier's logits")
 
 
 def test_the_teacher_runs_on_every_backend_with_the_same_targets(teachers, tiny_data, tmp_path):  # noqa: F811

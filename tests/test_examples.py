@@ -38,6 +38,15 @@ def test_finetune_assertion_learns_on_a_slice():
     assert 0.4 < baseline < 0.9, lines
 
 
+def test_probe_assertion_compares_with_its_baselines_on_a_slice():
+    # --quick: 150 training and 60 test rows, 3 folds; the full figures are in the README
+    lines = run("probe_assertion.py", "--quick").splitlines()
+    assert lines[0].startswith("probe: mean pooling, 384 features") and len(lines) == 10, lines
+    scores = dict(part.rsplit(" ", 1) for part in lines[-1].removeprefix("test accuracy: ").split(", "))
+    assert set(scores) == {"probe", "majority-class", "bag-of-words"}, lines
+    assert float(scores["probe"]) > float(scores["majority-class"]) + 0.15, lines  # the embedding carries the task
+
+
 def test_make_assertion_writes_the_shipped_data(tmp_path):
     subprocess.run([sys.executable, str(EXAMPLES / "data" / "make_assertion.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)

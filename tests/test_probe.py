@@ -120,6 +120,54 @@ def test_save_writes_a_classifier_transformers_runs_as_the_probe(tiny, tmp_path,
     assert hf.config.id2label == {i: c for i, c in enumerate(report.classes)}
 
 
+def _long_note(words: int = 70) -> str:
+    # the first words differ from the rest, so the first window's vector differs from the average
+    rng = np.random.default_rng(0)
+    rest = rng.choice("chest pain fever cough heart failure copd admitted discharged daily".split(), words - 20)
+    return " ".join(["no"] * 20 + list(rest))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "pooler"])
+def test_long_texts_and_pairs_are_windowed_as_embed_windows_them(tiny, pooling):
+    """A text (or a pair's second text) longer than the model's 40 positions is split into windows, each
+    pooled (or its pooler's output), and the windows averaged: nothing is cut off."""
+    from cbert.tasks.embed import pool
+    from cbert.tasks.windows import split
+
+    model = cbert.load(tiny, backend="numpy")
+    note = _long_note()
+    rows = [{"text": note, "line": 1}, {"text": "patient fever", "text_pair": note, "line": 2},
+            {"text": "patient cough", "line": 3}]
+    got = probe_mod._embed(model, rows, pooling, False, 8, False, "notes.jsonl")
+
+    def expected(text, pair):
+        enc = model.tokenizer.encode([text], text_pair=None if pair is None else [pair], check_length=False)[0]
+        windows = split(enc, model.config.max_seq_len, None, None if pair is None else 1)
+        vectors = []
+        for w in windows:
+            o = model.forward(np.array([w.ids]), np.ones((1, len(w.ids)), np.int64), np.array([w.type_ids]),
+                              outputs=("last_hidden_state", "pooler_output"))
+            vectors.append(o["pooler_output"][0] if pooling == "pooler" else
+                           pool(o["last_hidden_state"][0], np.ones(len(w.ids)), pooling))
+        return len(windows), np.mean(vectors, 0), vectors[0]
+
+    for row, vector in zip(rows, got):
+        n, whole, first = expected(row["text"], row.get("text_pair"))
+        np.testing.assert_allclose(vector, whole, atol=1e-5)
+        if row["line"] < 3:  # the long ones: several windows, not the first one alone (a truncation)
+            assert n > 2 and np.abs(vector - first).max() > 1e-4  # 10x the tolerance above
+    if pooling == "mean":  # a single text's vector is model.embed's
+        np.testing.assert_allclose(got[0], model.embed([note], "mean", False)[0], atol=1e-6)
+
+
+def test_a_pair_whose_first_text_fills_the_window_is_named(tiny):
+    model = cbert.load(tiny, backend="numpy")
+    rows = [{"text": "patient fever", "text_pair": "cough", "line": 1},
+            {"text": _long_note(), "text_pair": "fever", "line": 2}]
+    with pytest.raises(cbert.errors.InputError, match=r"^notes.jsonl:2: the fixed part of the input"):
+        probe_mod._embed(model, rows, "mean", False, 8, False, "notes.jsonl")
+
+
 # -- bad inputs: one line, exit status 2 ----------------------------------------------------------
 
 def test_one_class_file_exits_2(tiny, tmp_path, capsys):

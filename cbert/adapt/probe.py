@@ -1,6 +1,7 @@
 """Linear probes: how well frozen embeddings suit a classification task, before any fine-tuning.
 
-Embeddings from any backend (``model.embed``, or the pooler's output) are cached on disk by
+Embeddings from any backend (pooled as ``model.embed`` pools them, or the pooler's output; a long
+text or pair windowed and its windows averaged, as ``model.embed`` does) are cached on disk by
 (model, pooling, file contents); an L2-regularized logistic regression (:mod:`.logreg`) is fitted on
 the host, its C chosen by stratified K-fold cross-validation (accuracy, as LogisticRegressionCV
 scores). The evaluation file's accuracy, macro-F1 and (two classes) AUROC come with bootstrap 95%
@@ -158,7 +159,7 @@ def embeddings(model, rows: list[dict], data_file, pooling: str, batch_size: int
             return x
     if progress:
         print(f"embedding {len(rows)} rows of {data_file} ({pooling} pooling)", file=sys.stderr)
-    x = _embed(model, rows, pooling, normalize, batch_size, progress)
+    x = _embed(model, rows, pooling, normalize, batch_size, progress, data_file)
     if not np.isfinite(x).all():
         raise InputError(f"{data_file}: the model's embeddings hold NaN or infinite values")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,30 +167,28 @@ def embeddings(model, rows: list[dict], data_file, pooling: str, batch_size: int
     return x
 
 
-def _embed(model, rows, pooling, normalize, batch_size, progress) -> np.ndarray:
-    from ..tasks.embed import l2_normalize, pool
+def _embed(model, rows, pooling, normalize, batch_size, progress, data_file=None) -> np.ndarray:
+    """Each row's vector as ``model.embed`` makes it: a long text (or a pair's long second text) split
+    into windows, each pooled (or its pooler's output), a row's windows averaged, then normalized."""
+    from ..tasks.embed import l2_normalize, pooled_windows
+    from ..tasks.run import windows_per_text
 
-    texts = [r["text"] for r in rows]
-    pairs = [r.get("text_pair") for r in rows]
     if pooling == "pooler" and not model.checkpoint.heads.pooler:
         raise InputError(f"pooling='pooler': {model.checkpoint.path} has no pooler (its class is "
                          f"{model.checkpoint.architecture}); use cls, mean or max")
-    if not any(p is not None for p in pairs) and pooling != "pooler":
-        return model.embed(texts, pooling, normalize, batch_size=batch_size, progress=progress)
-    out = []  # pairs, or the pooler: the tokenizer's batches (a pair longer than the model is an error)
-    want = ("pooler_output",) if pooling == "pooler" else ("last_hidden_state",)
-    n_batches = (len(texts) + batch_size - 1) // batch_size
-    for b, i in enumerate(range(0, len(texts), batch_size)):
-        tp = pairs[i:i + batch_size]
-        batch = model.tokenizer(texts[i:i + batch_size], text_pair=tp if any(p is not None for p in tp) else None)
-        o = model.forward(**batch, outputs=want)
-        v = o["pooler_output"] if pooling == "pooler" else pool(o["last_hidden_state"], batch["attention_mask"],
-                                                                 pooling)
-        out.append(l2_normalize(v) if normalize else v)
-        if progress:
-            print(f"\r{b + 1}/{n_batches} batches", end="\n" if b + 1 == n_batches else "", file=sys.stderr,
-                  flush=True)
-    return np.concatenate(out).astype(np.float32)
+    parts = []
+    for paired in (False, True):  # one tokenizer call for the single texts, one for the pairs
+        which = [i for i, r in enumerate(rows) if (r.get("text_pair") is not None) == paired]
+        if not which:
+            continue
+        where = [f"{data_file}:{rows[i].get('line', i + 1)}" for i in which]
+        _, per_text = windows_per_text(model, [rows[i]["text"] for i in which], None, where=where,
+                                       text_pair=[rows[i]["text_pair"] for i in which] if paired else None)
+        parts.append((which, pooled_windows(model, per_text, pooling, "mean", batch_size, progress)))
+    x = np.empty((len(rows), parts[0][1].shape[1]), np.float32)
+    for which, v in parts:
+        x[which] = v
+    return l2_normalize(x) if normalize else x
 
 
 # -- fitting and scoring ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
+from ..backends.compute_threads import set_compute_threads
 from ..batching import FORWARD_COST_TOKENS, MAX_BATCH_TOKENS
 from ..errors import UsageError
 from .common import DEFAULT_MODEL_HELP, add_model_args, add_window_args, default_model_path, load_model
@@ -73,6 +74,8 @@ def cmd_serve(args) -> int:
                          f"{args.max_client_batch_size}: a full-size request could never be admitted")
     if args.model is None:
         args.model = default_model_path()
+    if args.threads is not None:  # before the model loads: MLX's OpenBLAS reads it when it loads
+        set_compute_threads(args.threads)
     model = load_model(args)
     pooling, normalize = model.embedding_defaults.resolve(args.pooling, args.normalize)
     # The tokenizer is read now: a broken one is a startup error, not a failed first request.
@@ -92,6 +95,7 @@ def cmd_serve(args) -> int:
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     print(f"cbert serve: {model!r} on {url} (pooling={pooling}, normalize={normalize}, max-batch-tokens="
           f"{args.max_batch_tokens}{', batching off' if args.no_batching else ''}, "
+          f"{'library default' if args.threads is None else args.threads} compute threads, "
           f"auth {'on' if args.api_key else 'off'})", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=None))
     # uvicorn drains on SIGTERM, then re-raises it; by then the drain is done, so exit with status 0.
@@ -136,6 +140,9 @@ def add_serve_parser(sub) -> None:
     add_window_args(s, "input", truncate=False)  # truncation is each request's choice, as in TEI
     s.add_argument("--aggregation", choices=["mean", "max", "vote"], default="mean",
                    help="how a long input's window probabilities combine in /predict, as in cbert classify")
+    s.add_argument("--threads", type=_positive, default=None, metavar="N", help=(
+        "BLAS/compute threads of the forward (numpy's and MLX's OpenBLAS, lavapipe; default: the library's, "
+        "usually one per core). On a small shared machine 1 took the least CPU per request (README, Serving)"))
     s.add_argument("--no-batching", action="store_true",
                    help="one request per forward (to measure what batching across requests gains)")
     s.set_defaults(func=cmd_serve)

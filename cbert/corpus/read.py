@@ -119,7 +119,7 @@ def _check_utf8(column, path: str, first: int, what: str, name: str) -> None:
         raise  # invalid for another reason than its bytes: Arrow's own words
 
 
-def _utf8_lines(path: str) -> Iterator[tuple[int, str]]:
+def utf8_lines(path: str) -> Iterator[tuple[int, str]]:
     """(line number, line) of a text file, checked as UTF-8 line by line so an error can say where."""
     with open(path, "rb") as f:
         offset = 0
@@ -141,7 +141,7 @@ def _check_id(value, where: str, id_column: str):
 
 def _read_jsonl(path: str, text_column: str, id_column: str, chunk_rows: int) -> Iterator:
     ids, texts, first, kind = [], [], 0, None
-    for number, line in _utf8_lines(path):
+    for number, line in utf8_lines(path):
         if number == 1 and line.startswith(codecs.BOM_UTF8.decode()):
             line = line[1:]
         if not line.strip():
@@ -180,7 +180,7 @@ def _read_jsonl(path: str, text_column: str, id_column: str, chunk_rows: int) ->
 
 
 def _read_csv(path: str, text_column: str, id_column: str, chunk_rows: int) -> Iterator:
-    lines = _utf8_lines(path)
+    lines = utf8_lines(path)
     reader = csv.reader(line.lstrip(codecs.BOM_UTF8.decode()) if n == 1 else line for n, line in lines)
     header = next(reader, None)
     if header is None:

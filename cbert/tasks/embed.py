@@ -85,10 +85,18 @@ def embed(model, texts, pooling: str | None = None, normalize: bool | None = Non
     window_aggregation = one_of(window_aggregation, "window_aggregation", WINDOW_AGGREGATIONS)
     stride = stride_or_none(stride)
     _, per_text = windows_per_text(model, texts, stride, truncation)
-    flat, spans = flatten(per_text)
     if max_batch_tokens is not None:
         max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens")
-    outs = run_windows(model, flat, batch_size, ("last_hidden_state",), progress, max_batch_tokens)
-    vecs = np.stack([pool(o["last_hidden_state"], o["attention_mask"], pooling) for o in outs])
-    result = np.stack([aggregate(vecs[s], window_aggregation) for s in spans]).astype(np.float32)
+    result = pooled_windows(model, per_text, pooling, window_aggregation, batch_size, progress, max_batch_tokens)
     return l2_normalize(result) if normalize else result
+
+
+def pooled_windows(model, per_text, pooling: str, window_aggregation: str, batch_size: int, progress=False,
+                   max_batch_tokens: int | None = None) -> np.ndarray:
+    """[n texts, hidden] float32: every window of each text (``windows_per_text``) run, pooled (``pooling``
+    "pooler": the pooler's output of the window), and a text's windows combined by ``window_aggregation``."""
+    key = "pooler_output" if pooling == "pooler" else "last_hidden_state"
+    flat, spans = flatten(per_text)
+    outs = run_windows(model, flat, batch_size, (key,), progress, max_batch_tokens)
+    vecs = np.stack([o[key] if pooling == "pooler" else pool(o[key], o["attention_mask"], pooling) for o in outs])
+    return np.stack([aggregate(vecs[s], window_aggregation) for s in spans]).astype(np.float32)

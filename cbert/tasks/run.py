@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from ..batching import FINE_STEP, MAX_BATCH_TOKENS, plan_batches
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from .windows import Window, pad, split
 
 # A batch may pad each of its rows by up to one fine bucket step rather than leave a short forward
@@ -70,10 +70,21 @@ def run_windows(model, windows: list[Window], batch_size: int, outputs: tuple[st
     return results
 
 
-def windows_per_text(model, texts, stride: int | None, truncation: bool = False):
-    """(encodings, each text's windows)."""
-    encs = model.tokenizer.encode(texts, truncation=truncation, check_length=False)
-    per_text = [split(e, model.config.max_seq_len, stride) for e in encs]
+def windows_per_text(model, texts, stride: int | None, truncation: bool = False, text_pair=None,
+                     where: list[str] | None = None):
+    """(encodings, each text's windows). A pair (``text_pair``: one second text per text) keeps its first
+    text whole in every window and windows the second, as seq-cls training and the server do; ``where``
+    names each text in a window's error (e.g. its file and line)."""
+    encs = model.tokenizer.encode(texts, text_pair=text_pair, truncation=truncation, check_length=False)
+    content = None if text_pair is None else 1
+    per_text = []
+    for i, e in enumerate(encs):
+        try:
+            per_text.append(split(e, model.config.max_seq_len, stride, content))
+        except InputError as err:
+            if where is None:
+                raise
+            raise InputError(f"{where[i]}: {err}") from None
     return encs, per_text
 
 

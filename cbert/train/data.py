@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..corpus.read import _utf8_lines
+from ..corpus.read import utf8_lines
 from ..errors import InputError, shown
 from ..tasks.arguments import flag, one_of, stride_or_none
 from ..tasks.windows import Window, pad, split
@@ -88,7 +88,7 @@ def _check_label(where: str, label):
 def jsonl_objects(path: Path, expected: str):
     """(line number, object) of each non-blank line of a JSON-lines file; a line that is not a JSON
     object is an InputError naming the file and line (``expected``: what an object holds)."""
-    for number, line in _utf8_lines(str(path)):
+    for number, line in utf8_lines(str(path)):
         if number == 1 and line.startswith(codecs.BOM_UTF8.decode()):
             line = line[1:]
         if not line.strip():
@@ -120,7 +120,7 @@ def _read_labeled_jsonl(path: Path) -> list[dict]:
 
 
 def _read_labeled_csv(path: Path) -> list[dict]:
-    lines = _utf8_lines(str(path))
+    lines = utf8_lines(str(path))
     reader = csv.reader(line.lstrip(codecs.BOM_UTF8.decode()) if n == 1 else line for n, line in lines)
     try:
         header = next(reader, None)
@@ -235,6 +235,19 @@ class TaskData:
         """Every feature once, in batches of similar length (little padding), in a fixed order."""
         order = sorted(range(len(self)), key=lambda i: (len(self.features[i].ids), i))
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def eval_outputs(self, run, batch_size: int, names: tuple[str, ...], per_token: bool = False):
+        """Every feature run once (``eval_batches``): the mean loss per feature, and for each feature its
+        row of each named output (cut to its own tokens when ``per_token``: no padding)."""
+        rows: list = [None] * len(self)
+        loss = 0.0
+        for indices in self.eval_batches(batch_size):
+            out = run(self.collate(indices, 0))
+            loss += float(out["loss"]) * len(indices)
+            for row, i in enumerate(indices):
+                n = len(self.features[i].ids) if per_token else None
+                rows[i] = tuple(np.asarray(out[name][row, :n]) for name in names)
+        return loss / len(self), rows
 
 
 def window_or_fail(where: str, enc, max_length: int, stride: int | None, content_sequence: int | None = None):

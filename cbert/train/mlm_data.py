@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..corpus.read import _utf8_lines
+from ..corpus.read import utf8_lines
 from ..ir import IGNORE_INDEX
 from .data import TaskData, check_unicode, window_or_fail
 from .masking import mask_tokens, special_ids
@@ -24,7 +24,7 @@ def read_mlm(path: Path, tokenizer, *, max_length: int, whole_word: bool, label2
     the rest of a line, or glue documents together). A line with no token to predict (blank, or
     unknown to the vocabulary) is no document."""
     lines = []
-    for number, line in _utf8_lines(str(path)):
+    for number, line in utf8_lines(str(path)):
         text = line.rstrip("\r\n").lstrip("\ufeff") if number == 1 else line.rstrip("\r\n")
         if text.strip():
             check_unicode(f"{path}:{number}", "line", text)

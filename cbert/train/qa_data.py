@@ -167,21 +167,14 @@ class QAData(TaskData):
         """SQuAD exact match and F1 (percent) of the best span per question over all its windows (run_qa's
         postprocessing: the 20 best starts and ends, spans of at most 30 tokens; for SQuAD v2.0 the empty
         answer when [CLS]'s score beats the best span's)."""
-        logits: list = [None] * len(self)
-        loss = 0.0
-        for indices in self.eval_batches(batch_size):
-            out = run(self.collate(indices, 0))
-            loss += float(out["loss"]) * len(indices)
-            for row, i in enumerate(indices):
-                n = len(self.features[i].ids)
-                logits[i] = (np.asarray(out["start_logits"][row, :n]), np.asarray(out["end_logits"][row, :n]))
+        loss, logits = self.eval_outputs(run, batch_size, ("start_logits", "end_logits"), per_token=True)
         by_example: list[list[int]] = [[] for _ in self.examples]
         for i, n in enumerate(self.owner):
             by_example[n].append(i)
         predictions = [self._best_answer(ex, [(self.features[i], *logits[i]) for i in feats])
                        for ex, feats in zip(self.examples, by_example)]
         scores = squad_scores(predictions, [[t for t, _ in ex["answers"]] for ex in self.examples])
-        return {"loss": loss / len(self), **scores, "main": "f1"}
+        return {"loss": loss, **scores, "main": "f1"}
 
     def _best_answer(self, example: dict, windows) -> str:
         best_text, best_score, null_score = "", -np.inf, np.inf

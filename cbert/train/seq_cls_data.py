@@ -106,19 +106,13 @@ class SeqClsData(TaskData):
     def evaluate(self, run, batch_size: int) -> dict:
         """Per note: its windows' probabilities (softmax; sigmoid for multi-label; the value for
         regression) combined by the aggregation, then accuracy, macro-F1, AUROC (two classes), or MSE."""
-        logits: list = [None] * len(self)
-        loss = 0.0
-        for indices in self.eval_batches(batch_size):
-            out = run(self.collate(indices, 0))
-            loss += float(out["loss"]) * len(indices)
-            for row, i in enumerate(indices):
-                logits[i] = np.asarray(out["logits"][row], np.float64)
-        raw = np.stack(logits)
+        loss, logits = self.eval_outputs(run, batch_size, ("logits",))
+        raw = np.stack([row for row, in logits]).astype(np.float64)
         scores = (softmax(raw) if self.problem_type == SINGLE else 1 / (1 + np.exp(-raw))
                   if self.problem_type == MULTI else raw)
         bounds = np.searchsorted(self.owner, np.arange(len(self.targets) + 1))  # a note's windows are adjacent
         per_note = np.stack([aggregate(scores[a:b], self.aggregation) for a, b in zip(bounds[:-1], bounds[1:])])
-        metrics = {"loss": loss / len(self)}
+        metrics = {"loss": loss}
         if self.problem_type == REGRESSION:
             metrics.update(mse=float(((per_note[:, 0] - self.targets) ** 2).mean()), main="mse",
                            greater_is_better=False)
