@@ -5,9 +5,18 @@ The teacher is the offline all-MiniLM-L6-v2 (6 layers) fine-tuned on examples/da
 (or ``--teacher DIR``, an assertion classifier you already have). The student takes the teacher's
 layers 0, 3 and 5 (one out of two and the last, as DistilBERT was initialized) and learns from the
 teacher's soft targets, the labels and the teacher's hidden states (``cbert train distill``'s loss).
-Speed: both models classify
-the test sentences, batch by batch, in alternating rounds on the same backend; the ratio is the
-median over rounds of teacher time / student time. ``--quick`` runs a small slice (what the tests run).
+Speed: both models classify the test sentences as a user would (tokenized batches of 32, forward
+only, the logits alone), alternating batch by batch on the same backend; the ratio is the median over
+rounds of teacher time / student time. ``--quick`` runs a small slice (what the tests run).
+
+Measured (``--backend mlx``, 2000 / 300 / 300 rows, batch 16, 3 epochs each, on 2 shared cores at a
+load average of 7-11): teacher test accuracy 0.997 (fine-tuned in 730 s), student 0.813 (distilled in
+559 s): 81.6% of the teacher's, short of the 95% aimed at; the student is 1.88x faster on MLX (3.82 s
+against 2.04 s per pass over the 300 test sentences, median of 7 rounds). The student is right on
+every dev note with one finding, but on 75% of those with two and 57% with three: telling which cue
+belongs to the finding asked about is what its 3 layers do not learn from the teacher's outputs on
+2000 rows (student lr 5e-4, layers 0, 1, 2 / 0, 2, 5 / 2, 3, 5, no cosine term, or 6 epochs all stay
+at 0.78-0.82 dev); a 4-layer student of layers 0, 2, 3, 5 reaches 1.000 test accuracy.
 
     python examples/distill_assertion.py [--quick] [--teacher DIR] [--backend numpy|mlx] [--out DIR] [--json FILE]
 """
@@ -130,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"student: {result['student_layers']} layers (the teacher's {result['student_from_teacher_layers']}), "
           f"test accuracy {result['student_accuracy']:.3f} ({result['kept']:.1%} of the teacher's)")
     print(f"speed on {args.backend}: teacher {speed['teacher_s'] * 1e3:.0f} ms, student {speed['student_s'] * 1e3:.0f} "
-          f"ms per pass over {speed['sentences']} test sentences: {speed['ratio']:.2f}x faster "
-          f"(median of {speed['rounds']} rounds)")
+          f"ms per pass over {speed['sentences']} test sentences (batches of {speed['batch_size']}, logits only): "
+          f"{speed['ratio']:.2f}x faster (median of {speed['rounds']} rounds)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
