@@ -82,6 +82,8 @@ def main() -> None:
                         help="the adapters' scale is A/R (default 16)")
     parser.add_argument("--lora-targets", default="query,value", metavar="NAMES",
                         help="the linears to adapt, as PEFT's target_modules (default query,value)")
+    parser.add_argument("--lora-modules-to-save", default="", metavar="NAMES",
+                        help="modules of the base trained whole beside the classifier, e.g. pooler")
     parser.add_argument("--backend", default="auto", choices=["auto", "mlx", "numpy"])
     parser.add_argument("--out", default=None, help="keep the fine-tuned model in this new folder (default: a "
                         "temporary one)")
@@ -91,7 +93,9 @@ def main() -> None:
     # LoRA's few parameters start at B = 0 and need a larger step to move as far as full fine-tuning does
     lr = args.lr or {(False, False): 1e-4, (True, False): 3e-4, (False, True): 1e-3, (True, True): 3e-3}[
         (args.quick, args.lora is not None)]
-    lora = None if args.lora is None else LoraSettings(args.lora, args.lora_alpha, tuple(args.lora_targets.split(",")))
+    save = tuple(t for t in args.lora_modules_to_save.split(",") if t)
+    lora = None if args.lora is None else LoraSettings(args.lora, args.lora_alpha, tuple(args.lora_targets.split(",")),
+                                                       save)
     base = args.model or default_model_path()
     train, dev, test = read("train", limit), read("dev", 100 if args.quick else None), read("test")
     test = test[:100] if args.quick else test
@@ -111,6 +115,7 @@ def main() -> None:
         model = cbert.load(base, backend="numpy", adapter=out) if lora else cbert.load(out, backend="numpy")
         accuracy = test_accuracy(model, test)
     what = f"LoRA r={lora.r} alpha={lora.alpha:g} on {args.lora_targets}" if lora else "full fine-tuning"
+    what += f" (modules_to_save {','.join(save)})" if lora and save else ""
     print(f"{what}: trained on {len(train)} rows for {epochs} epoch(s) at lr {lr:g}, {summary['steps']} steps, "
           f"{seconds:.0f} s; best dev accuracy {summary['best']['value']:.3f}")
     print(f"test accuracy: {accuracy:.3f} ({len(test)} rows)")

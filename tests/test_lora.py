@@ -184,6 +184,29 @@ def test_lora_training_saves_what_peft_loads(base_and_adapter, tmp_path):
                  "trained adapter: cbert vs peft")
 
 
+def test_lora_modules_to_save_trains_the_pooler_as_peft_loads(base_and_adapter, tmp_path):
+    """--lora-modules-to-save pooler: the base's pooler trains whole beside the classifier and is saved
+    under PEFT's names; "dense" adapts the encoder's dense layers but not the pooler's (saved whole)."""
+    base = base_and_adapter[0]
+    out = tmp_path / "run"
+    cbert.train.fit("seq-cls", base, _rows(tmp_path / "train.jsonl"), out, epochs=1, batch_size=8, lr=1e-2,
+                    backend="numpy", lora=LoraSettings(4, 8.0, ("query", "dense"), ("pooler",)), log=lambda r: None)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier", "pooler"]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    before = load_file(str(base / "model.safetensors"))
+    pooler = {k: v for k, v in saved.items() if ".pooler." in k}
+    assert sorted(pooler) == ["base_model.model.bert.pooler.dense.bias", "base_model.model.bert.pooler.dense.weight"]
+    assert all(np.abs(v - before[k.replace("base_model.model.bert.", "")]).max() > 0 for k, v in pooler.items())
+    assert "base_model.model.bert.encoder.layer.0.output.dense.lora_A.weight" in saved
+    moments = load_file(str(out / "checkpoint-last" / "optimizer.safetensors"))
+    assert any("pooler" in k for k in moments)
+    pm = peft.PeftModel.from_pretrained(_hf_seq_cls(base, 2), out).eval()
+    batch = _batch(base)
+    got = cbert.load(base, backend="numpy", adapter=out).forward(batch["input_ids"], batch["attention_mask"]).logits
+    assert_close(got, _torch_logits(pm, batch), "trained pooler: cbert vs peft")
+
+
 # -- bad inputs: one line, exit status 2 -------------------------------------------------------------
 
 def test_adapter_for_another_base_is_named(base_and_adapter, tmp_path, capsys):
@@ -220,6 +243,9 @@ def test_lora_targets_that_name_no_linear(base_and_adapter, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(args[:-4] + ["--lora-alpha", "4"]) == 2
     assert "--lora-alpha needs --lora R" in capsys.readouterr().err
+    assert main(args[:-2] + ["--lora-modules-to-save", "pooler,decoder"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'decoder' names no module" in err and "pooler" in err
 
 
 FAMILIES = {  # family -> (transformers class, config class, shape): heads PEFT saves whole differ by family
