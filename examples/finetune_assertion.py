@@ -36,16 +36,22 @@ def read(split: str, limit: int | None = None) -> list[dict]:
     return rows[:limit]
 
 
-def test_accuracy(model, rows: list[dict], batch_size: int = 64) -> float:
-    """The fine-tuned model's accuracy on (sentence, symptom) pairs."""
+def test_right(model, rows: list[dict], batch_size: int = 64) -> list[bool]:
+    """Whether the fine-tuned model labels each (sentence, symptom) pair right."""
     names = model.config.id2label
-    right = 0
+    right = []
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
         enc = model.tokenizer([r["text"] for r in batch], text_pair=[r["text_pair"] for r in batch])
         predicted = model.forward(**enc).logits.argmax(-1)
-        right += sum(names[int(p)] == r["label"] for p, r in zip(predicted, batch))
-    return right / len(rows)
+        right += [names[int(p)] == r["label"] for p, r in zip(predicted, batch)]
+    return right
+
+
+def mentions_another(row: dict, symptoms: set[str]) -> bool:
+    """Whether the sentence names a symptom besides the one asked about (the rows a bag of words fails)."""
+    text, asked = row["text"].lower(), row["text_pair"].lower()
+    return any(s in text and s not in asked for s in symptoms)
 
 
 def bag_of_words_accuracy(train: list[dict], test: list[dict]) -> float:
@@ -113,12 +119,16 @@ def main() -> None:
         seconds = time.perf_counter() - start
         # a LoRA run's OUT is a PEFT adapter folder: merged onto the base as it loads
         model = cbert.load(base, backend="numpy", adapter=out) if lora else cbert.load(out, backend="numpy")
-        accuracy = test_accuracy(model, test)
+        right = test_right(model, test)
+    symptoms = {r["text_pair"].lower() for r in train + dev + test}
+    two = [ok for ok, r in zip(right, test) if mentions_another(r, symptoms)]
+    one = [ok for ok, r in zip(right, test) if not mentions_another(r, symptoms)]
     what = f"LoRA r={lora.r} alpha={lora.alpha:g} on {args.lora_targets}" if lora else "full fine-tuning"
     what += f" (modules_to_save {','.join(save)})" if lora and save else ""
     print(f"{what}: trained on {len(train)} rows for {epochs} epoch(s) at lr {lr:g}, {summary['steps']} steps, "
           f"{seconds:.0f} s; best dev accuracy {summary['best']['value']:.3f}")
-    print(f"test accuracy: {accuracy:.3f} ({len(test)} rows)")
+    print(f"test accuracy: {sum(right) / len(test):.3f} ({len(test)} rows; one symptom {sum(one)}/{len(one)}, "
+          f"two symptoms {sum(two)}/{len(two)})")
     print(f"bag-of-words baseline: {bag_of_words_accuracy(train, test):.3f}")
 
 
