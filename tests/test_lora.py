@@ -113,12 +113,13 @@ def test_merge_adapter_writes_a_folder_transformers_loads(base_and_adapter, tmp_
     assert "--overwrite" in capsys.readouterr().err
 
 
-def _lora_grads(backend_name, folder, plan_targets, lora_params, batch, labels):
-    """cbert's gradients of the seq-cls loss w.r.t. the adapters and the head, the base frozen."""
+def _lora_grads(backend_name, folder, plan_targets, lora_params, batch, labels, save=()):
+    """cbert's gradients of the seq-cls loss w.r.t. the adapters, the head and the modules ``save``
+    names, the rest of the base frozen."""
     ckpt = cbert.load(folder, backend="numpy").checkpoint
     heads = Heads(seq_cls=3, pooler=True)
     graph = build_graph(ckpt.config, heads)
-    plan = plan_lora(LoraSettings(4, 12.0, plan_targets), ckpt.config, graph, heads, ())
+    plan = plan_lora(LoraSettings(4, 12.0, plan_targets, save), ckpt.config, graph, heads, ())
     train = with_losses(plan.graph(graph), heads, frozenset({"labels"}), "single_label_classification")
     train = train.select({"loss": train.outputs["loss"]})
     exe = get_backend(backend_name).compile_grad(train, {**ckpt.params, **lora_params})
@@ -137,7 +138,7 @@ def test_lora_gradients_match_peft_autograd(tmp_path, backend):
     write_checkpoint(str(base), "BertForSequenceClassification", dict(SHAPE, num_labels=3))
     targets = ("query", "value", "intermediate.dense")
     pm = _peft_adapter(base, tmp_path / "adapter", 3, r=4, lora_alpha=12, target_modules=list(targets),
-                       task_type="SEQ_CLS")  # the classifier trains too (modules_to_save)
+                       task_type="SEQ_CLS", modules_to_save=["pooler"])  # and the classifier (SEQ_CLS adds it)
     batch, labels = _batch(base), np.array([2, 0])
     out = pm(input_ids=torch.tensor(batch["input_ids"]), attention_mask=torch.tensor(batch["attention_mask"]),
              labels=torch.tensor(labels))
@@ -146,9 +147,10 @@ def test_lora_gradients_match_peft_autograd(tmp_path, backend):
                    p.grad.numpy() for n, p in pm.named_parameters() if p.grad is not None}
     saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     lora = {n.removeprefix("base_model.model.").removeprefix("bert."): v for n, v in saved.items()}
-    plan, loss, grads = _lora_grads(backend, base, targets, lora, batch, labels)
+    plan, loss, grads = _lora_grads(backend, base, targets, lora, batch, labels, ("pooler",))
     assert abs(loss - out.loss.item()) < 1e-5
     assert len(plan.adapted) == 3 * SHAPE["num_hidden_layers"]
+    assert {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight"} <= set(grads)
     for name, g in grads.items():
         hf = plan.hf_names[name]
         assert_close(g, torch_grads[hf], f"{backend} d loss / d {hf}", tol=1e-4)
