@@ -113,12 +113,13 @@ def test_merge_adapter_writes_a_folder_transformers_loads(base_and_adapter, tmp_
     assert "--overwrite" in capsys.readouterr().err
 
 
-def _lora_grads(backend_name, folder, plan_targets, lora_params, batch, labels):
-    """cbert's gradients of the seq-cls loss w.r.t. the adapters and the head, the base frozen."""
+def _lora_grads(backend_name, folder, plan_targets, lora_params, batch, labels, save=()):
+    """cbert's gradients of the seq-cls loss w.r.t. the adapters, the head and the modules ``save``
+    names, the rest of the base frozen."""
     ckpt = cbert.load(folder, backend="numpy").checkpoint
     heads = Heads(seq_cls=3, pooler=True)
     graph = build_graph(ckpt.config, heads)
-    plan = plan_lora(LoraSettings(4, 12.0, plan_targets), ckpt.config, graph, heads, ())
+    plan = plan_lora(LoraSettings(4, 12.0, plan_targets, save), ckpt.config, graph, heads, ())
     train = with_losses(plan.graph(graph), heads, frozenset({"labels"}), "single_label_classification")
     train = train.select({"loss": train.outputs["loss"]})
     exe = get_backend(backend_name).compile_grad(train, {**ckpt.params, **lora_params})
@@ -137,7 +138,7 @@ def test_lora_gradients_match_peft_autograd(tmp_path, backend):
     write_checkpoint(str(base), "BertForSequenceClassification", dict(SHAPE, num_labels=3))
     targets = ("query", "value", "intermediate.dense")
     pm = _peft_adapter(base, tmp_path / "adapter", 3, r=4, lora_alpha=12, target_modules=list(targets),
-                       task_type="SEQ_CLS")  # the classifier trains too (modules_to_save)
+                       task_type="SEQ_CLS", modules_to_save=["pooler"])  # and the classifier (SEQ_CLS adds it)
     batch, labels = _batch(base), np.array([2, 0])
     out = pm(input_ids=torch.tensor(batch["input_ids"]), attention_mask=torch.tensor(batch["attention_mask"]),
              labels=torch.tensor(labels))
@@ -146,9 +147,10 @@ def test_lora_gradients_match_peft_autograd(tmp_path, backend):
                    p.grad.numpy() for n, p in pm.named_parameters() if p.grad is not None}
     saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     lora = {n.removeprefix("base_model.model.").removeprefix("bert."): v for n, v in saved.items()}
-    plan, loss, grads = _lora_grads(backend, base, targets, lora, batch, labels)
+    plan, loss, grads = _lora_grads(backend, base, targets, lora, batch, labels, ("pooler",))
     assert abs(loss - out.loss.item()) < 1e-5
     assert len(plan.adapted) == 3 * SHAPE["num_hidden_layers"]
+    assert {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight"} <= set(grads)
     for name, g in grads.items():
         hf = plan.hf_names[name]
         assert_close(g, torch_grads[hf], f"{backend} d loss / d {hf}", tol=1e-4)
@@ -182,6 +184,29 @@ def test_lora_training_saves_what_peft_loads(base_and_adapter, tmp_path):
     batch = _batch(base)
     assert_close(model.forward(batch["input_ids"], batch["attention_mask"]).logits, _torch_logits(pm, batch),
                  "trained adapter: cbert vs peft")
+
+
+def test_lora_modules_to_save_trains_the_pooler_as_peft_loads(base_and_adapter, tmp_path):
+    """--lora-modules-to-save pooler: the base's pooler trains whole beside the classifier and is saved
+    under PEFT's names; "dense" adapts the encoder's dense layers but not the pooler's (saved whole)."""
+    base = base_and_adapter[0]
+    out = tmp_path / "run"
+    cbert.train.fit("seq-cls", base, _rows(tmp_path / "train.jsonl"), out, epochs=1, batch_size=8, lr=1e-2,
+                    backend="numpy", lora=LoraSettings(4, 8.0, ("query", "dense"), ("pooler",)), log=lambda r: None)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier", "pooler"]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    before = load_file(str(base / "model.safetensors"))
+    pooler = {k: v for k, v in saved.items() if ".pooler." in k}
+    assert sorted(pooler) == ["base_model.model.bert.pooler.dense.bias", "base_model.model.bert.pooler.dense.weight"]
+    assert all(np.abs(v - before[k.replace("base_model.model.bert.", "")]).max() > 0 for k, v in pooler.items())
+    assert "base_model.model.bert.encoder.layer.0.output.dense.lora_A.weight" in saved
+    moments = load_file(str(out / "checkpoint-last" / "optimizer.safetensors"))
+    assert any("pooler" in k for k in moments)
+    pm = peft.PeftModel.from_pretrained(_hf_seq_cls(base, 2), out).eval()
+    batch = _batch(base)
+    got = cbert.load(base, backend="numpy", adapter=out).forward(batch["input_ids"], batch["attention_mask"]).logits
+    assert_close(got, _torch_logits(pm, batch), "trained pooler: cbert vs peft")
 
 
 # -- bad inputs: one line, exit status 2 -------------------------------------------------------------
@@ -220,6 +245,9 @@ def test_lora_targets_that_name_no_linear(base_and_adapter, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(args[:-4] + ["--lora-alpha", "4"]) == 2
     assert "--lora-alpha needs --lora R" in capsys.readouterr().err
+    assert main(args[:-2] + ["--lora-modules-to-save", "pooler,decoder"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'decoder' names no module" in err and "pooler" in err
 
 
 FAMILIES = {  # family -> (transformers class, config class, shape): heads PEFT saves whole differ by family

@@ -45,12 +45,15 @@ DEFAULT_ALPHA = 8.0  # LoraConfig's lora_alpha
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """``cbert train --lora R --lora-alpha A --lora-targets ...``: PEFT's r, lora_alpha, target_modules.
-    ``targets`` None: the family's query and value projections (PEFT's default for BERT)."""
+    """``cbert train --lora R --lora-alpha A --lora-targets ... --lora-modules-to-save ...``: PEFT's r,
+    lora_alpha, target_modules and modules_to_save. ``targets`` None: the family's query and value
+    projections (PEFT's default for BERT). ``save``: modules of the base trained whole beside the
+    task's new head (which always is, as PEFT adds it for SEQ_CLS), e.g. ``("pooler",)``."""
 
     r: int
     alpha: float = DEFAULT_ALPHA
     targets: tuple[str, ...] | None = None
+    save: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, value) -> LoraSettings:
@@ -64,6 +67,8 @@ class LoraSettings:
         if s.targets is not None and (isinstance(s.targets, str) or not s.targets
                                       or not all(isinstance(t, str) and t for t in s.targets)):
             raise InputError(f"lora_targets={s.targets!r}: expected module names (query,value,...)")
+        if isinstance(s.save, str) or not all(isinstance(t, str) and t for t in s.save):
+            raise InputError(f"lora_modules_to_save={s.save!r}: expected module names (pooler,...)")
         return s
 
     @property
@@ -71,7 +76,8 @@ class LoraSettings:
         return float(self.alpha) / self.r
 
     def as_dict(self) -> dict:
-        return {"r": int(self.r), "alpha": float(self.alpha), "targets": list(self.targets or ())}
+        return {"r": int(self.r), "alpha": float(self.alpha), "targets": list(self.targets or ()),
+                "modules_to_save": list(self.save)}
 
 
 @dataclass(frozen=True)
@@ -106,12 +112,20 @@ class LoraPlan:
 def plan_lora(settings: LoraSettings, cfg, graph: Graph, heads: Heads, initialized: Sequence[str]) -> LoraPlan:
     """The adapters ``settings`` names in ``graph`` (a task's graph over ``cfg``). A target matches a
     linear as PEFT matches target_modules: the module's whole name or its last dotted parts. The task's
-    head and any parameter the base lacked (``initialized``) train whole, as PEFT's modules_to_save."""
+    head, any parameter the base lacked (``initialized``) and the modules ``settings.save`` names (matched
+    as PEFT matches modules_to_save: a module's whole name or its last dotted parts, every parameter
+    under it) train whole, as PEFT's modules_to_save."""
     fam = family_of(cfg)
     base = set(build_graph(cfg, Heads(pooler=fam.pooler is not None)).params)
     hf_names = {p: (fam.prefix + p if p in base else p) for p in graph.params}
+    for t in settings.save:
+        if not any(_under(hf_names[p], t) for p in graph.params):
+            tops = sorted({p.split(".", 1)[0] for p in graph.params})
+            raise InputError(f"lora_modules_to_save: {t!r} names no module of this {fam.name} model; its "
+                             f"top modules are {', '.join(tops)}")
     # A classifier's head is new and trains whole; a masked-LM head is pretrained and stays frozen.
-    saved_whole = tuple(p for p in graph.params if p in initialized or (p not in base and not heads.mlm))
+    saved_whole = tuple(p for p in graph.params if p in initialized or (p not in base and not heads.mlm)
+                        or any(_under(hf_names[p], t) for t in settings.save))
     modules = {w[:-len(".weight")]: w for w in linear_weights(graph) if w not in saved_whole}
     targets = settings.targets or tuple(getattr(fam.layer, r).rsplit(".", 1)[-1] for r in ("query", "value"))
     adapted: dict[str, tuple[str, str]] = {}
@@ -132,6 +146,12 @@ def plan_lora(settings: LoraSettings, cfg, graph: Graph, heads: Heads, initializ
 def _matches(module: str, target: str) -> bool:
     """peft's check_target_module_exists for a list: the name itself, or a suffix after a dot."""
     return module == target or module.endswith("." + target)
+
+
+def _under(param: str, module: str) -> bool:
+    """Whether the parameter ``param`` (a Hugging Face name) lies in a module that ``module`` matches."""
+    parts = param.split(".")[:-1]
+    return any(_matches(".".join(parts[:i]), module) for i in range(1, len(parts) + 1))
 
 
 def with_lora(graph: Graph, adapted: Mapping[str, tuple[str, str]], r: int, scale: float) -> Graph:
@@ -183,7 +203,9 @@ class LoraOutput:
     def adapter_config(self) -> dict:
         """PEFT's LoraConfig as save_pretrained writes it (the fields a loader reads)."""
         s = self.plan.settings
-        whole = sorted({_module(p, self.plan.hf_names[p]) for p in self.plan.saved_whole})
+        names = self.plan.hf_names
+        whole = sorted(set(s.save) | {_module(p, names[p]) for p in self.plan.saved_whole
+                                      if not any(_under(names[p], t) for t in s.save)})
         return {"peft_type": "LORA", "task_type": PEFT_TASK_TYPES[self.output.task],
                 "base_model_name_or_path": str(Path(self.output.base).absolute()), "revision": None,
                 "inference_mode": True, "r": int(s.r), "lora_alpha": float(s.alpha), "lora_dropout": 0.0,

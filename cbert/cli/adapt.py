@@ -41,6 +41,9 @@ def add_lora_options(sp) -> None:
                    help="scale alpha/r of the adapters' term (PEFT's default 8)")
     g.add_argument("--lora-targets", default=None, metavar="NAMES",
                    help="comma-separated linear names to adapt (default: the attention's query and value)")
+    g.add_argument("--lora-modules-to-save", default=None, metavar="NAMES",
+                   help="comma-separated modules of the base to train whole beside the new head (PEFT's "
+                        "modules_to_save), e.g. pooler")
 
 
 def lora_settings(args):
@@ -48,7 +51,8 @@ def lora_settings(args):
     from ..adapt.lora import DEFAULT_ALPHA, LoraSettings
     from ..errors import UsageError
 
-    extra = [f for f, v in (("--lora-alpha", args.lora_alpha), ("--lora-targets", args.lora_targets)) if v is not None]
+    extra = [f for f, v in (("--lora-alpha", args.lora_alpha), ("--lora-targets", args.lora_targets),
+                            ("--lora-modules-to-save", args.lora_modules_to_save)) if v is not None]
     if args.lora is None:
         if extra:
             raise UsageError(f"{extra[0]} needs --lora R")
@@ -60,8 +64,14 @@ def lora_settings(args):
         targets = tuple(t.strip() for t in args.lora_targets.split(","))
         if not all(targets):
             raise UsageError(f"--lora-targets {args.lora_targets!r}: expected comma-separated names (query,value)")
+    save = ()
+    if args.lora_modules_to_save is not None:
+        save = tuple(t.strip() for t in args.lora_modules_to_save.split(","))
+        if not all(save):
+            raise UsageError(f"--lora-modules-to-save {args.lora_modules_to_save!r}: expected comma-separated "
+                             "names (pooler)")
     alpha = DEFAULT_ALPHA if args.lora_alpha is None else args.lora_alpha
-    return LoraSettings.of(LoraSettings(args.lora, alpha, targets))
+    return LoraSettings.of(LoraSettings(args.lora, alpha, targets, save))
 
 
 # -- cbert probe (cbert.adapt.probe) ----------------------------------------------------------------
