@@ -245,6 +245,10 @@ def test_lora_targets_that_name_no_linear(base_and_adapter, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(args[:-4] + ["--lora-alpha", "4"]) == 2
     assert "--lora-alpha needs --lora R" in capsys.readouterr().err
+    assert main(args[:-4] + ["--lora", "0"]) == 2
+    assert capsys.readouterr().err.endswith("--lora 0: expected a positive rank R\n")
+    assert main(args[:-2] + ["--lora-alpha", "nan"]) == 2
+    assert capsys.readouterr().err.endswith("--lora-alpha nan: expected a positive number\n")
     assert main(args[:-2] + ["--lora-modules-to-save", "pooler,decoder"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'decoder' names no module" in err and "pooler" in err

@@ -59,6 +59,10 @@ def lora_settings(args):
         return None
     if args.task == "distill":
         raise UsageError("--lora is an option of the fine-tuning tasks, not of cbert train distill")
+    if args.lora < 1:  # the flag's own name, not the library's lora= argument
+        raise UsageError(f"--lora {args.lora}: expected a positive rank R")
+    if args.lora_alpha is not None and not args.lora_alpha > 0:  # also NaN
+        raise UsageError(f"--lora-alpha {args.lora_alpha}: expected a positive number")
     targets = None
     if args.lora_targets is not None:
         targets = tuple(t.strip() for t in args.lora_targets.split(","))
