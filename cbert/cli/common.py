@@ -47,25 +47,38 @@ def read_texts(args: list[str]) -> list[str]:
         if a == "-":
             texts += sys.stdin.read().splitlines()
             continue
-        path = Path(a)
-        try:
-            exists = a != "" and "\n" not in a and "\0" not in a and path.exists()  # Path("") is "."
-        except OSError:  # a long text is not a path the OS can look up
-            exists = False
-        if exists:
-            if not path.is_file():
-                raise UsageError(f"{a}: not a regular file (a directory or device); give a text file, a text or -")
-            try:
-                texts += path.read_text(encoding="utf-8").splitlines()
-            except UnicodeDecodeError as e:
-                raise UsageError(f"{a}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-        elif looks_like_path(a):
-            raise UsageError(f"{a}: no such file (to pass this as a text, send it on standard input with -)")
-        else:
+        if text_file(a) is None:
             texts.append(a)
+        else:
+            texts += read_text_file(a).splitlines()
     if not texts:
         raise UsageError("no texts to embed (the files given are empty)")
     return texts
+
+
+def text_file(arg: str) -> Path | None:
+    """The regular file a TEXT|FILE argument names, or None where it is a text. One that names a
+    directory or device, or looks like a path (see ``looks_like_path``) but names nothing, is an error."""
+    path = Path(arg)
+    try:
+        exists = arg != "" and "\n" not in arg and "\0" not in arg and path.exists()  # Path("") is "."
+    except OSError:  # a long text is not a path the OS can look up
+        exists = False
+    if not exists:
+        if looks_like_path(arg):
+            raise UsageError(f"{arg}: no such file (to pass this as a text, send it on standard input with -)")
+        return None
+    if not path.is_file():
+        raise UsageError(f"{arg}: not a regular file (a directory or device); give a text file, a text or -")
+    return path
+
+
+def read_text_file(arg: str) -> str:
+    """The text of the file ``arg`` names (``text_file``), checked as UTF-8."""
+    try:
+        return Path(arg).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{arg}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
 
 
 def load_model(args, **kw):

@@ -9,28 +9,14 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..files import check_writable, write_atomic
-from .common import add_model_args, add_window_args, load_model, looks_like_path
+from .common import add_model_args, add_window_args, load_model, read_text_file, text_file
 
 
 def read_note(arg: str) -> str:
     """TEXT|FILE: a UTF-8 file is one note (all its lines), - is standard input, anything else the text."""
     if arg == "-":
         return sys.stdin.read()
-    path = Path(arg)
-    try:
-        exists = arg != "" and "\n" not in arg and "\0" not in arg and path.exists()
-    except OSError:  # a long text is not a path the OS can look up
-        exists = False
-    if exists:
-        if not path.is_file():
-            raise UsageError(f"{arg}: not a regular file; give a text file, a text or -")
-        try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UsageError(f"{arg}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-    if looks_like_path(arg):
-        raise UsageError(f"{arg}: no such file (to pass this as a text, send it on standard input with -)")
-    return arg
+    return arg if text_file(arg) is None else read_text_file(arg)
 
 
 def cmd_explain(args) -> int:
