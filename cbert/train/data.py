@@ -94,12 +94,7 @@ def jsonl_objects(path: Path, expected: str):
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        except RecursionError:
-            raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
+        row = parse_json(line, where)
         if not isinstance(row, dict):
             raise InputError(f"{where}: a JSON {type(row).__name__}, expected an object with {expected}")
         yield number, row
@@ -204,6 +199,17 @@ def read_task(task: str, path, tokenizer, config, *, label2id: dict[str, int] | 
 # task -> (module, reader function): each task's data in a module of its own
 READERS = {"mlm": (".mlm_data", "read_mlm"), "seq-cls": (".seq_cls_data", "read_seq_cls"),
            "token-cls": (".token_data", "read_token_cls"), "qa": (".qa_data", "read_qa")}
+
+
+def parse_json(text: str, where: str, whole_file: bool = False):
+    """json.loads, its errors one line naming ``where`` (a file whose line ``whole_file`` adds: FILE:LINE)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"{where}:{e.lineno}" if whole_file else where
+        raise InputError(f"{at}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
 
 
 class TaskData:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, shown
-from .data import TaskData, check_unicode, jsonl_objects, window_or_fail
+from .data import TaskData, check_unicode, jsonl_objects, parse_json, window_or_fail
 from .metrics import squad_scores
 
 N_BEST, MAX_ANSWER_LENGTH = 20, 30  # run_qa's n_best_size and max_answer_length
@@ -87,12 +87,7 @@ def _squad_examples(path: Path) -> list[dict]:
         raw = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-    except RecursionError:
-        raise InputError(f"{path}: not valid JSON (nested too deeply)") from None
+    doc = parse_json(raw, str(path), whole_file=True)
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise InputError(f"{path}: expected SQuAD JSON, an object whose \"data\" lists articles (or a .jsonl file "
                          "of questions)")
